@@ -1,0 +1,47 @@
+"""Shared fixtures: small generated datasets, and the real sample when it is present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from kidney_lab.data.classes import CLASS_NAMES, KAGGLE_FOLDER_NAME
+from tests.helpers import encode, textured
+
+REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-kidney-sample"
+
+
+@pytest.fixture
+def real_sample() -> Path:
+    """The 2,000 real slices of ../shared/data/ct-kidney-sample, or a skip that says why."""
+    if not (REAL_SAMPLE / KAGGLE_FOLDER_NAME).is_dir():
+        pytest.skip(f"real CT sample not found at {REAL_SAMPLE} (it is never committed)")
+    return REAL_SAMPLE
+
+
+@pytest.fixture
+def make_dataset_folder(tmp_path: Path) -> Callable[..., Path]:
+    """Write a small Kaggle-layout dataset of distinct textured PNGs; return the class parent."""
+
+    def make(per_class: int = 3, root: Path | None = None, seed: int = 0) -> Path:
+        base = (root or tmp_path) / KAGGLE_FOLDER_NAME
+        for class_index, label in enumerate(CLASS_NAMES):
+            folder = base / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for number in range(1, per_class + 1):
+                pixels = textured(seed * 10_000 + class_index * 1_000 + number)
+                (folder / f"{label}- ({number}).png").write_bytes(encode(pixels))
+        return base
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small phantom dataset (12 per class, 64 px), made once per test session."""
+    from kidney_lab.data.phantom import write_phantom_dataset
+
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantoms"), per_class=12, size=64, seed=0)
