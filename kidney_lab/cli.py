@@ -109,10 +109,7 @@ def _run_phantom(arguments: argparse.Namespace) -> dict[str, Any]:
     from kidney_lab.data.phantom import write_phantom_dataset
 
     started = time.perf_counter()
-    try:
-        root = write_phantom_dataset(arguments.out, arguments.per_class, size=arguments.size, seed=arguments.seed)
-    except ValueError as error:
-        raise KidneyLabError(str(error)) from None
+    root = write_phantom_dataset(arguments.out, arguments.per_class, size=arguments.size, seed=arguments.seed)
     images = 4 * arguments.per_class
     print(f"Wrote {images} phantoms ({arguments.size}x{arguments.size}) to {root} "
           f"in {time.perf_counter() - started:.1f} s; masks in {root.parent / 'masks'}")

@@ -24,3 +24,7 @@ class FetchError(KidneyLabError):
 
 class SplitError(KidneyLabError, ValueError):
     """A split cannot be made or read (too few images, bad fractions, broken manifest)."""
+
+
+class ConfigError(KidneyLabError, ValueError):
+    """An argument or setting is outside what it may be (a size, a count, a name)."""
