@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = data_commands.add_parser("audit", help="find duplicates, label conflicts and near-duplicates")
     audit.add_argument("dir", type=Path, help="dataset folder (or any folder above it)")
     audit.add_argument("--threshold", type=int, default=None, help="near-duplicate Hamming threshold in bits of 256 (20)")
+    _add_workspace(audit)
     _add_json(audit)
     audit.set_defaults(handler=_run_audit)
 
@@ -120,7 +121,13 @@ def _run_phantom(arguments: argparse.Namespace) -> dict[str, Any]:
 def _run_audit(arguments: argparse.Namespace) -> dict[str, Any]:
     from kidney_lab.data.audit import NEAR_DUPLICATE_THRESHOLD, audit_dataset
 
-    report = audit_dataset(_scan(arguments.dir), threshold=_threshold(arguments, NEAR_DUPLICATE_THRESHOLD))
+    from kidney_lab.workspace import WorkspaceError, prepare_workspace
+
+    try:
+        workspace = prepare_workspace(arguments.workspace)
+    except WorkspaceError:
+        workspace = None  # An audit only reads; without a workspace it just has no cache.
+    report = audit_dataset(_scan(arguments.dir, workspace), threshold=_threshold(arguments, NEAR_DUPLICATE_THRESHOLD))
     print(report.format_report())
     return report.to_dict()
 
@@ -131,7 +138,7 @@ def _run_split(arguments: argparse.Namespace) -> dict[str, Any]:
     from kidney_lab.workspace import prepare_workspace
 
     workspace = prepare_workspace(arguments.workspace)
-    report = audit_dataset(_scan(arguments.dir))
+    report = audit_dataset(_scan(arguments.dir, workspace))
     split, manifest = get_or_make_split(
         report, workspace, arguments.strategy, seed=arguments.seed,
         val_fraction=arguments.val_fraction, test_fraction=arguments.test_fraction,
@@ -159,17 +166,20 @@ def _run_demo(arguments: argparse.Namespace) -> dict[str, Any]:
     out = workspace / DEMO_DATA_FOLDER
     print(f"Writing {4 * arguments.per_class} phantoms to {out} ...")
     root = write_phantom_dataset(out, arguments.per_class, size=arguments.size, seed=arguments.seed)
-    report = audit_dataset(_scan(root))
+    report = audit_dataset(_scan(root, workspace))
     split, manifest = get_or_make_split(report, workspace, "grouped", seed=arguments.seed)
     print(split.format_report())
     print(f"Demo data ready: {root}\nSplit manifest: {manifest}")
     return {"root": str(root), "split": split.to_dict(manifest.resolve())}
 
 
-def _scan(folder: Path):
+def _scan(folder: Path, workspace: Path | None):
+    """Scan a dataset, with the workspace's scan cache when there is a workspace."""
     from kidney_lab.data.discover import scan_dataset
+    from kidney_lab.workspace import CACHE_FOLDER
 
-    return scan_dataset(folder, progress=_progress_printer("Reading images"))
+    cache = workspace / CACHE_FOLDER if workspace is not None else None
+    return scan_dataset(folder, progress=_progress_printer("Reading images"), cache=cache)
 
 
 def _threshold(arguments: argparse.Namespace, default: int) -> int:

@@ -28,6 +28,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
     )
     os.close(handle)
+    # mkstemp makes the file private (0600); the workspace's files are meant to be readable.
+    os.chmod(temporary, 0o644)
     try:
         yield Path(temporary)
         os.replace(temporary, destination)

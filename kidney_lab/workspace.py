@@ -14,6 +14,7 @@ from kidney_lab.errors import KidneyLabError
 
 WORKSPACE_VARIABLE = "KIDNEY_LAB_WORKSPACE"
 DEMO_DATA_FOLDER = "demo_data"
+CACHE_FOLDER = "cache"
 
 
 class WorkspaceError(KidneyLabError):

@@ -45,3 +45,11 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kidney_lab.data.phantom import write_phantom_dataset
 
     return write_phantom_dataset(tmp_path_factory.mktemp("phantoms"), per_class=12, size=64, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def isolated_workspace(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own default workspace, so no test writes into trained_models/."""
+    workspace = tmp_path_factory.mktemp("workspace")
+    monkeypatch.setenv("KIDNEY_LAB_WORKSPACE", str(workspace))
+    return workspace
