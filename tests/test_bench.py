@@ -1,0 +1,37 @@
+"""The benchmarks still run (at toy sizes) and print their verdicts; their figures come from bench/."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(PROJECT / "bench" / script), *arguments], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_audit_benchmark_runs(tmp_path):
+    result = run_bench("bench_audit.py", "--sizes", "100,200", "--work-dir", str(tmp_path / "data"),
+                       "--json", str(tmp_path / "audit.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Growth 100 -> 200 images" in result.stdout
+    assert json.loads((tmp_path / "audit.json").read_text())["benchmark"] == "audit"
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_pipeline_benchmark_runs(real_sample, tmp_path):
+    result = run_bench("bench_pipeline.py", "--images", "64", "--train-images", "64", "--rounds", "1",
+                       "--repeats", "1", "--data", str(real_sample), "--json", str(tmp_path / "pipeline.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Training input, ours cached epoch / ImageDataGenerator" in result.stdout
+    assert "Training steps/s, (i) / (ii)" in result.stdout
+    assert json.loads((tmp_path / "pipeline.json").read_text())["benchmark"] == "pipeline"
