@@ -120,7 +120,6 @@ def _run_phantom(arguments: argparse.Namespace) -> dict[str, Any]:
 
 def _run_audit(arguments: argparse.Namespace) -> dict[str, Any]:
     from kidney_lab.data.audit import NEAR_DUPLICATE_THRESHOLD, audit_dataset
-
     from kidney_lab.workspace import WorkspaceError, prepare_workspace
 
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import io
 import os
@@ -22,13 +23,12 @@ from pathlib import Path
 from typing import Callable
 
 import imagehash
-import numpy as np
 import pandas as pd
 from PIL import Image
 
 from kidney_lab.data.classes import CLASS_NAMES, KAGGLE_FOLDER_NAME, match_class
-from kidney_lab.data.scan import MAX_PIXELS, MIN_SIDE, sniff_content
-from kidney_lab.errors import DatasetError
+from kidney_lab.data.scan import MAX_PIXELS, MIN_SIDE, read_scan, sniff_content
+from kidney_lab.errors import DatasetError, ScanReadError
 from kidney_lab.fileio import atomic_path, short_hash
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -40,6 +40,11 @@ _DRAFT_SIZE = (HASH_SIZE * 4, HASH_SIZE * 4)
 
 # How deep below the given folder the class folders are looked for.
 _MAX_SEARCH_DEPTH = 4
+
+# The formats and Pillow modes that TensorFlow's decoders read as Pillow does (8-bit grey,
+# colour or palette); the training pipeline sends every other file through the scan reader.
+_TENSORFLOW_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF"})
+_TENSORFLOW_MODES = frozenset({"L", "RGB", "RGBA", "LA", "P", "1"})
 
 TABLE_COLUMNS = ("path", "label", "width", "height", "mode", "format", "bytes", "md5", "phash")
 _CACHED_COLUMNS = TABLE_COLUMNS[2:]
@@ -67,7 +72,7 @@ class DatasetScan:
     ignored: tuple[str, ...]
     class_folders: dict[str, Path]
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """A short hash of the dataset's content: relative paths, labels and MD5s."""
         lines = [
@@ -312,9 +317,17 @@ def inspect_image(path: Path) -> tuple[dict[str, object] | None, str | None]:
                 return None, f"too small ({width}x{height} pixels; at least {MIN_SIDE}x{MIN_SIDE})"
             if width * height > MAX_PIXELS:
                 return None, f"too large ({width}x{height} pixels; at most {MAX_PIXELS:,} pixels)"
-            image.draft("L", _DRAFT_SIZE)
-            image.load()
-            phash = imagehash.phash(_to_grayscale(image), hash_size=HASH_SIZE)
+            if decodable_by_tensorflow(image_format, mode):
+                image.draft("L", _DRAFT_SIZE)
+                image.load()
+                gray = image.convert("L")
+            else:
+                # Training reads such files (TIFF, 16-bit, CMYK) through the scan reader, so the
+                # scan reader decides here whether they are usable and gives their pixels.
+                gray = Image.fromarray(read_scan(data, name=path.name).to_uint8()).convert("L")
+            phash = imagehash.phash(gray, hash_size=HASH_SIZE)
+    except ScanReadError as error:
+        return None, str(error)
     except (Image.UnidentifiedImageError, Image.DecompressionBombError):
         return None, f"not an image Pillow can read ({_describe_content(data)})"
     except Image.DecompressionBombWarning:
@@ -332,6 +345,12 @@ def inspect_image(path: Path) -> tuple[dict[str, object] | None, str | None]:
     }, None
 
 
+def decodable_by_tensorflow(image_format: str | None, mode: str | None) -> bool:
+    """Whether TensorFlow decodes a file of this Pillow format and mode (8-bit JPEG, PNG, BMP,
+    GIF); other files are read with :func:`kidney_lab.data.scan.read_scan`."""
+    return image_format in _TENSORFLOW_FORMATS and mode in _TENSORFLOW_MODES
+
+
 def _natural_keys(column: pd.Series) -> pd.Series:
     """Sort keys that order ``Cyst- (2)`` before ``Cyst- (10)``."""
     return column.map(
@@ -339,17 +358,6 @@ def _natural_keys(column: pd.Series) -> pd.Series:
             (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)
         )
     )
-
-
-def _to_grayscale(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit grayscale, stretching high-bit-depth images."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        finite = pixels[np.isfinite(pixels)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        scaled = np.clip((pixels - low) / max(high - low, 1e-12), 0, 1)
-        return Image.fromarray(np.nan_to_num(scaled * 255).astype(np.uint8))
-    return image.convert("L")
 
 
 _CONTENT_NAMES = {

@@ -38,10 +38,10 @@ import scipy.ndimage
 from kidney_lab import errors
 from kidney_lab import fileio
 from kidney_lab.data import classes
-from kidney_lab.data.scan import WINDOW_PRESETS
+from kidney_lab.data.scan import WINDOW_PRESETS, apply_window
 
 # Bump when a change to the drawing changes the pixels that a given seed produces.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # The kidney window of the scan reader: HU from LEVEL - WIDTH / 2 to LEVEL + WIDTH / 2 -> 0..255.
 WINDOW_WIDTH_HU, WINDOW_LEVEL_HU = WINDOW_PRESETS["kidney"]
@@ -55,6 +55,13 @@ MASKS_FOLDER_NAME = "masks"
 PARAMETERS_FILE_NAME = "phantoms.json"
 
 AIR_HU = -1000.0
+
+# The round lesions: (range of minor/major axis ratio, range of HU). A stone is very bright and
+# saturates the window; a cyst is water-dark and homogeneous.
+_ROUND_LESIONS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "Stone": ((0.8, 1.0), (600.0, 1200.0)),
+    "Cyst": ((0.85, 1.0), (0.0, 20.0)),
+}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -176,9 +183,7 @@ def mask_path_for(image_path: str | os.PathLike[str]) -> Path | None:
 
 def window_to_uint8(hu: np.ndarray) -> np.ndarray:
     """Map HU values to 0..255 through the kidney window (W400 L40), rounding to uint8."""
-    low = WINDOW_LEVEL_HU - WINDOW_WIDTH_HU / 2.0
-    scaled = np.clip((hu - low) * (255.0 / WINDOW_WIDTH_HU), 0.0, 255.0)
-    return np.rint(scaled).astype(np.uint8)
+    return np.rint(apply_window(hu, WINDOW_WIDTH_HU, WINDOW_LEVEL_HU) * 255.0).astype(np.uint8)
 
 
 def _check_label(label: str) -> str:
@@ -533,19 +538,13 @@ def _paint_lesion(
     centre_x = k_x + local_x * cosine - local_y * sine
     centre_y = k_y + local_x * sine + local_y * cosine
 
-    if label == "Stone":
+    if label in _ROUND_LESIONS:
+        aspect, hounsfield = _ROUND_LESIONS[label]
         box, inside = canvas.region(
-            centre_y, centre_x, radius, radius * rng.uniform(0.8, 1.0), angle=rng.uniform(0, np.pi)
+            centre_y, centre_x, radius, radius * rng.uniform(*aspect), angle=rng.uniform(0, np.pi)
         )
         inside &= allowed[box]
-        canvas.paint(rng.uniform(600.0, 1200.0), box, inside)
-        return canvas.full(box, inside)
-    if label == "Cyst":
-        box, inside = canvas.region(
-            centre_y, centre_x, radius, radius * rng.uniform(0.85, 1.0), angle=rng.uniform(0, np.pi)
-        )
-        inside &= allowed[box]
-        canvas.paint(rng.uniform(0.0, 20.0), box, inside)
+        canvas.paint(rng.uniform(*hounsfield), box, inside)
         return canvas.full(box, inside)
 
     # Tumor: a disc whose radius wobbles with angle, filled with smoothed noise.

@@ -34,10 +34,9 @@ import tensorflow as tf
 from PIL import Image
 
 from kidney_lab.data.classes import CLASS_NAMES
+from kidney_lab.data.discover import decodable_by_tensorflow
 from kidney_lab.data.scan import read_scan
 
-_TF_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF"})
-_TF_MODES = frozenset({"L", "RGB", "RGBA", "LA", "P", "1"})
 # Parallel decoding and augmentation calls, and batches made ahead of the consumer.
 _PARALLEL_CALLS = max(2, os.cpu_count() or 1)
 _PREFETCH_BATCHES = 2
@@ -306,7 +305,7 @@ def _decodable_by_tensorflow(frame: pd.DataFrame) -> list[bool]:
         pairs = zip(frame["format"], frame["mode"])
     else:
         pairs = (_format_and_mode(Path(path)) for path in frame["path"])
-    return [image_format in _TF_FORMATS and mode in _TF_MODES for image_format, mode in pairs]
+    return [decodable_by_tensorflow(image_format, mode) for image_format, mode in pairs]
 
 
 def _format_and_mode(path: Path) -> tuple[str | None, str | None]:

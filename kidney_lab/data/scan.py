@@ -212,6 +212,17 @@ def _decode(
     )
 
 
+def apply_window(hu: np.ndarray, width: float, level: float) -> np.ndarray:
+    """Map Hounsfield units to [0, 1] through a linear window (see the module docstring).
+
+    Raises:
+        ValueError: ``width`` is not positive.
+    """
+    if width <= 0:
+        raise ValueError(f"A window width must be positive, got {width}.")
+    return np.clip((np.asarray(hu, dtype=np.float64) - (level - width / 2.0)) / width, 0.0, 1.0)
+
+
 def sniff_content(data: bytes) -> str | None:
     """Say what a file's first bytes show it to be, when that is not a plain image.
 
@@ -449,7 +460,7 @@ def _window_monochrome(
     low, high = float(hu.min()), float(hu.max())
     name, (width, level) = _choose_window(requested, dataset, index, low, high, notes)
     if width > 0:
-        values = np.clip((hu - (level - width / 2.0)) / width, 0.0, 1.0)
+        values = apply_window(hu, width, level)
     else:  # Only the min-max window of a constant image has no width.
         values = _stretch(hu, "constant image", notes)
     inverted = metadata["photometric"] == "MONOCHROME1"

@@ -18,7 +18,7 @@ split.) The fractions reached are reported; with large clusters they can differ 
 ones.
 
 A split is stored as ``<workspace>/splits/<split_id>/manifest.csv`` (path relative to the dataset
-root, label, cluster, subset) with ``split.json`` beside it. The id is derived from the dataset
+root, label, cluster, subset, md5, format, mode) with ``split.json`` beside it. The id is derived from the dataset
 fingerprint, the strategy, the fractions, the seed and the near-duplicate threshold, so asking
 for the same split again reuses the stored manifest.
 """
@@ -41,6 +41,8 @@ from kidney_lab.fileio import atomic_path, atomic_write_json, read_json, short_h
 STRATEGIES = ("random", "grouped")
 SUBSETS = ("train", "val", "test")
 _GROUPED_TRIALS = 64
+# Columns of a stored manifest; format and mode are absent from manifests of older versions.
+_MANIFEST_COLUMNS = ("path", "label", "cluster", "subset", "md5", "format", "mode")
 # Bump when the way subsets are assigned changes, so that old manifests are not reused.
 _SPLITTER_VERSION = "2"
 
@@ -57,7 +59,9 @@ class Split:
         test_fraction: Asked fraction of images for test.
         fingerprint: The dataset's fingerprint.
         root: The dataset root the manifest's paths resolve against.
-        manifest: One row per image: path (absolute), label, cluster, subset, md5.
+        manifest: One row per image: path (absolute), label, cluster, subset, md5, and the
+            format and mode the scan read, so that the pipeline need not open files to know
+            how to decode them.
         threshold: Near-duplicate threshold (bits) the clusters were made with.
     """
 
@@ -201,6 +205,8 @@ def make_split(
             "cluster": table["cluster"],
             "subset": subset,
             "md5": table["md5"],
+            "format": table["format"],
+            "mode": table["mode"],
         }
     )
     fingerprint = audit.scan.fingerprint
@@ -247,12 +253,16 @@ def load_split(workspace: str | os.PathLike[str], split_id: str, root: str | os.
     folder = Path(workspace) / "splits" / split_id
     try:
         meta = read_json(folder / "split.json")
-        stored = pd.read_csv(folder / "manifest.csv", dtype={"path": str, "label": str, "subset": str, "md5": str})
+        stored = pd.read_csv(
+            folder / "manifest.csv",
+            dtype={"path": str, "label": str, "subset": str, "md5": str, "format": str, "mode": str},
+            keep_default_na=False,
+        )
     except FileNotFoundError:
         raise SplitError(f"No split {split_id} in {Path(workspace) / 'splits'}.") from None
     except (OSError, ValueError) as error:
         raise SplitError(f"Split {split_id} cannot be read ({error}); delete {folder} and split again.") from None
-    expected = {"path", "label", "cluster", "subset", "md5"}
+    expected = set(_MANIFEST_COLUMNS[:5])
     if not expected <= set(stored.columns) or not set(stored["subset"]) <= set(SUBSETS):
         raise SplitError(f"The manifest of split {split_id} is damaged; delete {folder} and split again.")
     base = Path(root) if root is not None else Path(meta["root"])
@@ -265,7 +275,7 @@ def load_split(workspace: str | os.PathLike[str], split_id: str, root: str | os.
         test_fraction=float(meta["test_fraction"]),
         fingerprint=meta["fingerprint"],
         root=base,
-        manifest=manifest[["path", "label", "cluster", "subset", "md5"]],
+        manifest=manifest[[column for column in _MANIFEST_COLUMNS if column in manifest.columns]],
         threshold=int(meta["near_duplicate_threshold"]),
     )
 

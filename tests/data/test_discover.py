@@ -262,3 +262,16 @@ def test_cache_keeps_skip_reasons_and_survives_damage(make_dataset_folder, tmp_p
     for file in cache.iterdir():
         file.write_text("garbage,\n\x00\x01")
     assert len(scan_dataset(root, cache=cache).table) == 4
+
+
+def test_files_the_scan_reader_rejects_are_skipped(make_dataset_folder):
+    # Training reads TIFFs through the scan reader; what it would reject must never get that far.
+    root = make_dataset_folder(per_class=1)
+    pixels = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    pixels[3, 3] = np.nan
+    (root / "Tumor" / "nan.tif").write_bytes(encode(pixels, "TIFF"))
+    (root / "Tumor" / "fine.tif").write_bytes(encode(np.nan_to_num(pixels), "TIFF"))
+    scan = scan_dataset(root)
+    assert scan.skipped["path"].str.endswith("nan.tif").all()
+    assert "NaN" in scan.skipped["reason"].iloc[0]
+    assert scan.table["path"].str.endswith("fine.tif").any()

@@ -179,3 +179,20 @@ def test_large_reductions_are_antialiased(height, width):
     assert np.abs(inner - 127.5).max() < 40
     reference = tf.image.resize(board, [inner_h, inner_w], antialias=True).numpy()[..., 0]
     assert np.abs(small[top : top + inner_h, left : left + inner_w] - reference)[2:-2, 2:-2].mean() < 10
+
+
+def test_manifest_formats_spare_opening_every_file(phantom_root, tmp_path, monkeypatch):
+    import kidney_lab.data.pipeline as pipeline
+    from kidney_lab.data.audit import audit_dataset
+    from kidney_lab.data.split import get_or_make_split, load_split
+
+    split, _ = get_or_make_split(audit_dataset(scan_dataset(phantom_root)), tmp_path, "grouped")
+    stored = load_split(tmp_path, split.split_id)
+    assert set(stored.manifest["format"]) == {"PNG"} and set(stored.manifest["mode"]) == {"L"}
+
+    def must_not_open(path):
+        raise AssertionError(f"opened {path}")
+
+    monkeypatch.setattr(pipeline, "_format_and_mode", must_not_open)
+    images, _ = next(iter(make_dataset(stored.subset("test"), 32, batch_size=4)))
+    assert images.shape == (4, 32, 32, 3)

@@ -462,3 +462,12 @@ def test_supported_extensions_and_presets_are_consistent() -> None:
     assert scan.WINDOW_PRESETS["bone"] == (1800.0, 400.0)
     assert set(scan.WINDOW_CHOICES) == {*scan.WINDOW_PRESETS, "file", "minmax"}
     assert pydicom.__version__.startswith("3")
+
+
+def test_apply_window_known_answers() -> None:
+    from kidney_lab.data.scan import apply_window
+
+    np.testing.assert_allclose(apply_window(np.array([-1000.0, -160.0, 40.0, 240.0, 1000.0]), 400, 40),
+                               [0.0, 0.0, 0.5, 1.0, 1.0])
+    with pytest.raises(ValueError, match="positive"):
+        apply_window(np.zeros(1), 0, 40)
