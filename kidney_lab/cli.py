@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = arguments.handler(arguments)
         if getattr(arguments, "json", None):
             atomic_write_json(arguments.json, result)
+        return getattr(arguments, "exit_status", 0)
     except KidneyLabError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -96,6 +97,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(fetch)
     fetch.set_defaults(handler=_run_fetch)
 
+    train = commands.add_parser("train", help="train models on one split and evaluate them on its test images")
+    train.add_argument("--data", required=True, type=Path, help="dataset folder (Kaggle layout, or a folder above it)")
+    train.add_argument("--models", default="all", help="all (default), or comma-separated registry names; list them with the models command")
+    train.add_argument("--epochs", type=_positive_int, default=10, help="maximum epochs per model (10)")
+    train.add_argument("--img-size", type=_positive_int, default=None,
+                       help="input side in pixels (default: each model's own, 299 for InceptionV3, 224 otherwise)")
+    train.add_argument("--split", choices=("random", "grouped"), default="grouped",
+                       help="grouped keeps near-duplicate clusters on one side (default); random is image-level")
+    train.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto",
+                       help="auto: ImageNet when it can be downloaded, else random (default); imagenet: fail without; none: random")
+    train.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch and device (32)")
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (0.001)")
+    train.add_argument("--seed", type=int, default=0, help="random seed of split, initialisation and augmentation (0)")
+    train.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience in epochs (5)")
+    train.add_argument("--no-augmentation", action="store_true", help="train without random flips, rotations, zoom, brightness and contrast")
+    train.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
+                       help="float16 compute; auto: on only with a GPU")
+    train.add_argument("--xla", choices=("auto", "on", "off"), default="auto", help="XLA compilation; auto: on only with a GPU")
+    train.add_argument("--strategy", choices=("auto", "one", "mirrored", "multiworker"), default="auto",
+                       help="auto: all GPUs when there are several; multiworker reads TF_CONFIG")
+    train.add_argument("--study-id", default=None, help=argparse.SUPPRESS)
+    _add_workspace(train)
+    _add_json(train)
+    train.set_defaults(handler=_run_train)
+
+    models = commands.add_parser("models", help="list the registry's models and their facts")
+    _add_json(models)
+    models.set_defaults(handler=_run_models)
+
     demo = commands.add_parser("demo", help="build the built-in demo: phantoms in the workspace, audited and split")
     demo.add_argument("--per-class", type=_positive_int, default=60, help="phantoms per class (60)")
     demo.add_argument("--size", type=_positive_int, default=128, help="phantom side in pixels (128)")
@@ -145,6 +175,91 @@ def _run_split(arguments: argparse.Namespace) -> dict[str, Any]:
     print(split.format_report())
     print(f"Manifest {manifest}")
     return split.to_dict(manifest.resolve())
+
+
+def _run_train(arguments: argparse.Namespace) -> dict[str, Any]:
+    from kidney_lab.models.registry import parse_model_names
+    from kidney_lab.training.engine import TrainConfig, train
+
+    switch = {"auto": None, "on": True, "off": False}
+    config = TrainConfig(
+        data=arguments.data,
+        models=tuple(parse_model_names(arguments.models)),
+        epochs=arguments.epochs,
+        image_size=arguments.img_size,
+        split=arguments.split,
+        weights=arguments.weights,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.lr,
+        augmentation=not arguments.no_augmentation,
+        seed=arguments.seed,
+        patience=arguments.patience,
+        mixed_precision=switch[arguments.mixed_precision],
+        xla=switch[arguments.xla],
+        strategy=arguments.strategy,
+        workspace=arguments.workspace,
+        study_id=arguments.study_id,
+    )
+    result = train(config, listener=_TrainingProgress())
+    print(_format_study(result))
+    if not result.ok:
+        arguments.exit_status = EXIT_FAILURE
+    return result.to_dict()
+
+
+def _format_study(result) -> str:
+    lines = [f"Study {result.study_id} (split {result.split_id})"]
+    for outcome in result.runs:
+        score = ""
+        if outcome.metrics:
+            score = f"test accuracy {outcome.metrics['accuracy']:.3f} on {outcome.metrics['images']} images"
+        lines.append(f"  {outcome.model:<15} {outcome.status:<10} {score or outcome.error or ''}  {outcome.path}")
+    return "\n".join(lines)
+
+
+class _TrainingProgress:
+    """Draws one progress line per model: redrawn in place on a terminal, per epoch otherwise."""
+
+    def __init__(self) -> None:
+        self.terminal = sys.stderr.isatty()
+        self.last: dict[str, tuple] = {}
+
+    def __call__(self, run_id: str, status: dict[str, Any]) -> None:
+        model = status.get("model") or run_id
+        state, phase = status.get("state"), status.get("phase", "")
+        epoch, epochs = status.get("epoch"), status.get("epochs")
+        step, steps = status.get("step") or 0, status.get("steps") or 0
+        if state not in ("running", "queued"):
+            line = f"{model}: {state}" + (f" ({status['error']})" if status.get("error") else "")
+        else:
+            line = f"{model}: {phase}"
+            if epoch and epochs:
+                done = ((epoch - 1) * steps + step) / max(1, epochs * steps) if steps else 0
+                bar = "#" * int(done * 20)
+                line += f" [{bar:<20}] epoch {epoch}/{epochs} step {step}/{steps}"
+                if status.get("loss") is not None:
+                    line += f" loss {status['loss']:.3f} acc {status.get('accuracy') or 0:.3f}"
+                if status.get("images_per_second"):
+                    line += f" {status['images_per_second']:.0f} img/s"
+                if status.get("eta_seconds") is not None:
+                    line += f" ETA {status['eta_seconds']:.0f}s"
+        key = (state, phase, status.get("epochs_finished"))
+        if self.terminal:
+            final = state not in ("running", "queued")
+            print(f"\r{line[:150]:<150}", end="\n" if final else "", file=sys.stderr, flush=True)
+        elif self.last.get(run_id) != key:
+            self.last[run_id] = key
+            print(line, file=sys.stderr, flush=True)
+
+
+def _run_models(arguments: argparse.Namespace) -> dict[str, Any]:
+    from kidney_lab.models.registry import REGISTRY, describe
+
+    print(f"{'name':<15} {'model':<19} {'size':>4} {'min':>4}  {'Grad-CAM layer':<18} preprocessing")
+    for spec in REGISTRY.values():
+        print(f"{spec.name:<15} {spec.display_name:<19} {spec.default_size:>4} {spec.min_size:>4}  "
+              f"{spec.cam_layer:<18} {spec.preprocessing}")
+    return {"models": [describe(spec) for spec in REGISTRY.values()]}
 
 
 def _run_fetch(arguments: argparse.Namespace) -> dict[str, Any]:

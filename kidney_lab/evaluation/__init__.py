@@ -1,0 +1,1 @@
+"""Predictions, metrics and comparisons, all computed from stored per-image predictions."""

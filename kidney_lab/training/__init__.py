@@ -1,0 +1,1 @@
+"""Training: the engine that fits models, and the background jobs that run it."""

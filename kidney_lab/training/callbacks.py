@@ -1,0 +1,212 @@
+"""Keras callbacks that keep a run folder truthful while a model trains.
+
+Every file they write is written atomically (a temporary file, then ``os.replace``), so a
+process killed at any moment leaves the previous complete version behind, never half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+
+from kidney_lab import fileio
+from kidney_lab import runs
+from kidney_lab.training import jobs
+
+# Status writes during an epoch are at most this often (seconds); epoch ends always write.
+STATUS_INTERVAL_SECONDS = 1.0
+
+
+def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a history.csv as dicts with numbers parsed; [] when there is none."""
+    file = Path(path)
+    if not file.is_file():
+        return []
+    rows = []
+    with file.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, Any] = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = int(value) if key == "epoch" else float(value)
+                except (TypeError, ValueError):
+                    parsed[key] = value
+            rows.append(parsed)
+    return rows
+
+
+class HistoryWriter(keras.callbacks.Callback):
+    """Writes one row per finished epoch to history.csv (epoch numbers from 1).
+
+    Unlike ``keras.callbacks.CSVLogger`` the whole file is rewritten atomically and a row for
+    an epoch that is trained again after a resume replaces the old one, so the file never has
+    a torn line or a duplicated epoch.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], phase: Callable[[], str]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.phase = phase
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        rows = [row for row in read_history(self.path) if row.get("epoch", 0) < epoch + 1]
+        row: dict[str, Any] = {"epoch": epoch + 1, "phase": self.phase()}
+        row.update({key: float(value) for key, value in (logs or {}).items()})
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        rows.append(row)
+        columns: list[str] = []
+        for item in rows:
+            columns.extend(key for key in item if key not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        fileio.atomic_write_text(self.path, buffer.getvalue())
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model to ``model.keras`` whenever validation loss reaches a new minimum.
+
+    The file is written to a temporary name and moved into place, so the previous best stays
+    loadable if the process dies mid-save. ``best`` starts from the history of earlier,
+    interrupted attempts, so a resumed run does not overwrite a better checkpoint.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], best: float = math.inf) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.best = best
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        value = (logs or {}).get("val_loss")
+        if value is None or not math.isfinite(float(value)) or float(value) >= self.best:
+            return
+        self.best = float(value)
+        save_atomically(self.model, self.path)
+
+
+def save_atomically(model: keras.Model, path: str | os.PathLike[str]) -> None:
+    """Save ``model`` to ``path`` (a ``.keras`` file) through a temporary file in its folder."""
+    destination = Path(path)
+    # Keras picks the format from the suffix, so the temporary name keeps ".keras".
+    temporary = destination.with_name(f".{destination.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(temporary)
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class StatusReporter(keras.callbacks.Callback):
+    """Writes the live state of training to status.json and stops on cancellation.
+
+    The status holds the phase, epoch and step of the total, the running loss and accuracy of
+    the epoch, training images per second, an estimate of the seconds left of this phase, and
+    (from :func:`kidney_lab.runs.write_status`) the pid and a heartbeat; ``listener`` gets each
+    status written. A cancelled
+    :class:`~kidney_lab.training.jobs.CancelToken` stops training after the current batch.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        phase: str,
+        epochs: int,
+        steps_per_epoch: int,
+        batch_size: int,
+        base: dict[str, Any],
+        token: jobs.CancelToken | None = None,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.phase = phase
+        self.epochs = epochs
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.batch_size = batch_size
+        self.base = base
+        self.token = token
+        self.listener = listener
+        self.cancelled = False
+        self._epoch = 0
+        self._epoch_start = time.perf_counter()
+        self._last_write = 0.0
+        self._rate: float | None = None
+        self._last_epoch_logs: dict[str, float] = {}
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+        self._epoch_start = time.perf_counter()
+        self._write(step=0, logs=None, force=True)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        step = batch + 1
+        elapsed = time.perf_counter() - self._epoch_start
+        # The first batch carries tracing time; the rate counts from the second one on.
+        if step > 1 and elapsed > 0:
+            self._rate = step * self.batch_size / elapsed
+        if self.token is not None and self.token.cancelled:
+            self.cancelled = True
+            self.model.stop_training = True
+        self._write(step=step, logs=logs, force=self.cancelled)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._last_epoch_logs = {key: float(value) for key, value in (logs or {}).items()}
+        self._write(step=self.steps_per_epoch, logs=logs, force=True, finished_epoch=epoch + 1)
+
+    def _write(
+        self,
+        step: int,
+        logs: dict[str, Any] | None,
+        force: bool,
+        finished_epoch: int | None = None,
+    ) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last_write < STATUS_INTERVAL_SECONDS:
+            return
+        self._last_write = now
+        status = dict(self.base)
+        status.update(
+            {
+                "state": runs.RUNNING,
+                "phase": self.phase,
+                "epoch": self._epoch + 1,
+                "epochs": self.epochs,
+                "step": step,
+                "steps": self.steps_per_epoch,
+                "images_per_second": self._rate,
+                "eta_seconds": self._eta(step),
+                "last_epoch": self._last_epoch_logs or None,
+            }
+        )
+        if finished_epoch is not None:
+            status["epochs_finished"] = finished_epoch
+        if logs:
+            status["loss"] = _finite(logs.get("loss"))
+            status["accuracy"] = _finite(logs.get("accuracy"))
+        written = runs.write_status(self.run_dir, status)
+        if self.listener is not None:
+            self.listener(written)
+
+    def _eta(self, step: int) -> float | None:
+        if not self._rate:
+            return None
+        steps_left = (self.epochs - self._epoch - 1) * self.steps_per_epoch + (
+            self.steps_per_epoch - step
+        )
+        return steps_left * self.batch_size / self._rate
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None

@@ -1,0 +1,659 @@
+"""The training engine: ``train(config)`` trains one or more registry models on one split.
+
+One call is one study: every model is trained on the same stored split and its runs share a
+study id. For each model the engine
+
+1. builds the model from the registry (ImageNet weights when asked and available),
+2. trains it: with pretrained weights first the head on a frozen backbone, then the whole
+   network at a lower learning rate with BatchNormalization kept in inference mode; from
+   random initialisation end to end,
+3. keeps the checkpoint of lowest validation loss as ``model.keras`` (written atomically),
+4. evaluates that saved file on the test split, storing ``predictions.csv`` and
+   ``metrics.json``.
+
+Class weights are "balanced" weights of the training split, in the registry's class order.
+``BackupAndRestore`` keeps the state of the last finished epoch, so running the same command
+again after the process was killed resumes where it stopped. One job trains at a time per
+workspace (a file lock); a second one waits as "queued". SIGTERM or Ctrl+C stop training after
+the current batch, and the run is marked cancelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import resource
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import pandas as pd
+import sklearn.utils.class_weight
+import tensorflow as tf
+
+from kidney_lab import __version__
+from kidney_lab import errors
+from kidney_lab import fileio
+from kidney_lab import runs
+from kidney_lab import workspace as workspace_module
+from kidney_lab.data import audit as audit_module
+from kidney_lab.data import classes
+from kidney_lab.data import discover
+from kidney_lab.data import pipeline
+from kidney_lab.data import split as split_module
+from kidney_lab.evaluation import evaluate as evaluate_module
+from kidney_lab.models import registry
+from kidney_lab.training import callbacks as training_callbacks
+from kidney_lab.training import distribute
+from kidney_lab.training import jobs
+
+SPLIT_CHOICES = split_module.STRATEGIES
+
+# Fine-tuning after the head phase uses the learning rate times this factor.
+FINE_TUNE_FACTOR = 0.1
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how.
+
+    Attributes:
+        data: the dataset folder (Kaggle layout, or any folder above it).
+        models: registry names, trained one after the other on the same split.
+        epochs: maximum epochs per model (early stopping may end sooner).
+        image_size: input side in pixels for every model; None gives each model its default.
+        split: ``"grouped"`` (near-duplicate clusters never straddle subsets) or ``"random"``.
+        weights: ``"auto"``, ``"imagenet"`` or ``"none"`` (see :func:`registry.create_model`).
+        batch_size: images per batch on each replica.
+        learning_rate: Adam's learning rate (of the head phase, with pretrained weights).
+        augmentation: random flips, rotations, zoom, brightness and contrast while training.
+        seed: seeds Python, NumPy and TensorFlow, the split and the augmentation.
+        val_fraction, test_fraction: shares of the images for validation and test.
+        patience: epochs without a lower validation loss before early stopping.
+        head_epochs: with pretrained weights, epochs of the head phase (default a third).
+        batchnorm_momentum: momentum of BatchNormalization layers when training from scratch.
+        mixed_precision: float16 compute (head in float32); None turns it on only on a GPU.
+        xla: compile training steps with XLA; None turns it on only on a GPU.
+        strategy: ``auto``, ``one``, ``mirrored`` or ``multiworker`` (see
+            :mod:`kidney_lab.training.distribute`).
+        workspace: where runs go; None means :func:`workspace.default_workspace`.
+        study_id: use this study id (the job runner passes one) instead of a new one.
+        cache_images: keep decoded, resized images in memory after the first epoch.
+    """
+
+    data: Path
+    models: tuple[str, ...] = registry.MODEL_NAMES
+    epochs: int = 10
+    image_size: int | None = None
+    split: str = "grouped"
+    weights: str = "auto"
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    augmentation: bool = True
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    patience: int = 5
+    head_epochs: int | None = None
+    batchnorm_momentum: float = 0.9
+    mixed_precision: bool | None = None
+    xla: bool | None = None
+    strategy: str = "auto"
+    workspace: Path | None = None
+    study_id: str | None = None
+    cache_images: bool = True
+
+    def __post_init__(self) -> None:
+        names = [registry.get_spec(name).name for name in self.models]
+        if not names:
+            raise errors.ConfigError("Name at least one model to train.")
+        object.__setattr__(self, "models", tuple(dict.fromkeys(names)))
+        _check_positive_int("epochs", self.epochs)
+        _check_positive_int("batch_size", self.batch_size)
+        _check_positive_int("patience", self.patience)
+        if self.head_epochs is not None:
+            _check_positive_int("head_epochs", self.head_epochs)
+        if self.image_size is not None:
+            for name in self.models:
+                registry.get_spec(name).check_size(self.image_size)
+        if self.split not in SPLIT_CHOICES:
+            raise errors.ConfigError(
+                f"Unknown split {self.split!r}; use one of {', '.join(SPLIT_CHOICES)}."
+            )
+        if self.weights not in registry.WEIGHTS_CHOICES:
+            raise errors.ConfigError(
+                f"Unknown weights {self.weights!r}; use one of {', '.join(registry.WEIGHTS_CHOICES)}."
+            )
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 10):
+            raise errors.ConfigError(
+                f"The learning rate must be a number above 0 (such as 0.001); got {self.learning_rate!r}."
+            )
+        if not 0 < self.batchnorm_momentum < 1:
+            raise errors.ConfigError(f"batchnorm_momentum must be between 0 and 1; got {self.batchnorm_momentum}.")
+        distribute.check_strategy_name(self.strategy)
+        if self.study_id is not None and not runs.STUDY_ID_PATTERN.fullmatch(self.study_id):
+            raise errors.ConfigError(f"{self.study_id!r} is not a study id (like study-20260101-120000-ab12).")
+
+    def size_for(self, name: str) -> int:
+        """The input side used for model ``name``."""
+        return self.image_size or registry.get_spec(name).default_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data (paths as strings)."""
+        values = dataclasses.asdict(self)
+        values["data"] = str(self.data)
+        values["workspace"] = None if self.workspace is None else str(self.workspace)
+        values["models"] = list(self.models)
+        return values
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """How one model's run ended."""
+
+    run_id: str
+    model: str
+    path: Path
+    status: str
+    error: str | None = None
+    metrics: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """The study a :func:`train` call produced."""
+
+    study_id: str
+    split_id: str
+    runs: tuple[RunOutcome, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every run completed."""
+        return all(outcome.status == runs.COMPLETED for outcome in self.runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``train --json`` result (see DESIGN.md)."""
+        return {
+            "study_id": self.study_id,
+            "split_id": self.split_id,
+            "runs": [
+                {
+                    "run_id": outcome.run_id,
+                    "model": outcome.model,
+                    "path": str(outcome.path.resolve()),
+                    "status": outcome.status,
+                    "error": outcome.error,
+                    "test_accuracy": (outcome.metrics or {}).get("accuracy"),
+                }
+                for outcome in self.runs
+            ],
+        }
+
+
+def train(
+    config: TrainConfig,
+    listener: Listener | None = None,
+    token: jobs.CancelToken | None = None,
+) -> TrainResult:
+    """Train every model of ``config`` on one split and evaluate each on its test images.
+
+    Args:
+        config: the settings.
+        listener: called as ``listener(run_id, status)`` whenever a run's status is written
+            (the command line draws its progress bars from it).
+        token: a cancellation token; by default one is installed for SIGTERM and SIGINT
+            while training runs in the main thread.
+
+    Returns:
+        The study id, the split id and one outcome per model. A model that fails does not
+        stop the others; its outcome says failed, with the error.
+
+    Raises:
+        kidney_lab.errors.KidneyLabError: before any run starts, when the dataset, the split or
+            the workspace cannot be used; also when another process is training this study.
+    """
+    chief, scratch = distribute.is_chief(config.strategy), None
+    if chief:
+        workspace = workspace_module.prepare_workspace(config.workspace)
+    else:
+        # Workers other than the chief write their copies of the run files to a scratch folder.
+        scratch = Path(tempfile.mkdtemp(prefix="kidney-lab-worker-"))
+        workspace = scratch
+    try:
+        return _train_study(config, workspace, listener, token)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_study(
+    config: TrainConfig, workspace: Path, listener: Listener | None, token: jobs.CancelToken | None
+) -> TrainResult:
+    scan = discover.scan_dataset(config.data, cache=workspace / workspace_module.CACHE_FOLDER)
+    _check_classes(scan)
+    report = audit_module.audit_dataset(scan)
+    data_split, _ = split_module.get_or_make_split(
+        report,
+        workspace,
+        config.split,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+    )
+    _check_split(data_split)
+    command_key = _command_key(config, scan.fingerprint, data_split.split_id)
+    study_id, existing = _find_resumable_study(workspace, command_key, config.study_id)
+    study_id = study_id or config.study_id or runs.new_study_id()
+
+    planned: list[tuple[str, Path, bool]] = []
+    for name in config.models:
+        record = existing.get(name)
+        if record is not None:
+            planned.append((record.run_id, record.path, record.state == runs.COMPLETED))
+            if record.state != runs.COMPLETED:
+                runs.write_status(record.path, {"state": runs.QUEUED, "phase": "queued", "resumed": True})
+            continue
+        run_id = runs.new_run_id(name)
+        info = _run_info(config, name, run_id, study_id, command_key, scan, data_split, workspace)
+        planned.append((run_id, runs.create_run(workspace, run_id, info), False))
+
+    own_token = token is None
+    token = token or jobs.CancelToken()
+    if own_token:
+        token.install()
+    outcomes: list[RunOutcome] = []
+    try:
+        waiting = [path for _, path, done in planned if not done]
+        try:
+            with jobs.training_lock(
+                workspace,
+                on_wait=lambda: [_note(path, "waiting for another training job to finish") for path in waiting],
+                cancel_token=token,
+            ):
+                for run_id, path, done in planned:
+                    if token.cancelled:
+                        break
+                    outcomes.append(
+                        _finished_outcome(run_id, path)
+                        if done
+                        else _train_run(config, run_id, path, data_split, listener, token)
+                    )
+        except jobs.Cancelled:
+            pass
+        for run_id, path, _ in planned[len(outcomes):]:
+            runs.mark_finished(path, runs.CANCELLED, error="cancelled before it started")
+            outcomes.append(_finished_outcome(run_id, path))
+    finally:
+        if own_token:
+            token.uninstall()
+    return TrainResult(study_id=study_id, split_id=data_split.split_id, runs=tuple(outcomes))
+
+
+def _train_run(
+    config: TrainConfig,
+    run_id: str,
+    path: Path,
+    data_split: split_module.Split,
+    listener: Listener | None,
+    token: jobs.CancelToken,
+) -> RunOutcome:
+    log = _RunLog(path / runs.LOG_FILE)
+    name = runs.read_run(path).model or ""
+    try:
+        token.raise_if_cancelled()
+        log.write(f"training {name} (run {run_id}) on split {data_split.split_id}")
+        metrics = _fit_and_evaluate(config, name, path, data_split, listener, token, log)
+    except jobs.Cancelled:
+        log.write("cancelled")
+        runs.mark_finished(path, runs.CANCELLED, error="cancelled by the user")
+        _emit(listener, run_id, path)
+        return RunOutcome(run_id, name, path, runs.CANCELLED, error="cancelled by the user")
+    except (KeyboardInterrupt, SystemExit):
+        log.write("interrupted")
+        runs.mark_finished(path, runs.CANCELLED, error="interrupted")
+        raise
+    except Exception as error:
+        message = _error_message(error)
+        log.write(f"failed: {message}\n{traceback.format_exc()}")
+        runs.mark_finished(path, runs.FAILED, error=message)
+        _emit(listener, run_id, path)
+        return RunOutcome(run_id, name, path, runs.FAILED, error=message)
+    runs.mark_finished(path, runs.COMPLETED)
+    log.write(f"completed: test accuracy {metrics['accuracy']:.4f} on {metrics['images']} images")
+    _emit(listener, run_id, path)
+    return RunOutcome(run_id, name, path, runs.COMPLETED, metrics=metrics)
+
+
+def _fit_and_evaluate(
+    config: TrainConfig,
+    name: str,
+    path: Path,
+    data_split: split_module.Split,
+    listener: Listener | None,
+    token: jobs.CancelToken,
+    log: "_RunLog",
+) -> dict[str, Any]:
+    info = fileio.read_json(path / runs.RUN_FILE)
+    if info.get("training_finished") and (path / runs.MODEL_FILE).is_file():
+        log.write("training had finished before; evaluating the stored checkpoint")
+        return _evaluate(path, listener, None)
+
+    keras.utils.set_random_seed(config.seed)
+    strategy = distribute.make_strategy(config.strategy)
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    mixed = on_gpu if config.mixed_precision is None else config.mixed_precision
+    xla = on_gpu if config.xla is None else config.xla
+    size = config.size_for(name)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
+    train_frame, val_frame = data_split.subset("train"), data_split.subset("val")
+    augmentation = pipeline.Augmentation() if config.augmentation else pipeline.Augmentation.off()
+    train_data = distribute.shardable(
+        pipeline.make_dataset(
+            train_frame, size, batch_size=global_batch, training=True,
+            augmentation=augmentation, seed=config.seed, cache=config.cache_images,
+        )
+    )
+    val_data = distribute.shardable(
+        pipeline.make_dataset(val_frame, size, batch_size=global_batch, cache=config.cache_images)
+    )
+    steps = math.ceil(len(train_frame) / global_batch)
+    class_weight = _class_weights(train_frame)
+
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        with strategy.scope():
+            built = registry.create_model(
+                name,
+                image_size=size,
+                weights=config.weights,
+                batchnorm_momentum=config.batchnorm_momentum if config.weights == "none" else None,
+            )
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    model = built.model
+    if built.weights_note:
+        log.write(f"warning: {built.weights_note}")
+    pretrained = built.weights == registry.WEIGHTS_IMAGENET
+    if not pretrained and config.weights != "none":
+        # Random initialisation after all: use the from-scratch BatchNorm momentum too.
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = config.batchnorm_momentum
+    runs.update_run_info(
+        path,
+        weights=built.weights,
+        weights_note=built.weights_note,
+        parameters=int(model.count_params()),
+        mixed_precision=mixed,
+        xla=xla,
+        strategy=config.strategy,
+        replicas=replicas,
+        global_batch_size=global_batch,
+        class_weights={classes.CLASS_NAMES[index]: value for index, value in class_weight.items()},
+        device="GPU" if on_gpu else "CPU",
+    )
+
+    phases: list[tuple[str, int, int, float, bool]] = []
+    if pretrained:
+        head_epochs = min(config.epochs, config.head_epochs or max(1, config.epochs // 3))
+        phases.append(("training the head", 0, head_epochs, config.learning_rate, False))
+        if head_epochs < config.epochs:
+            phases.append(
+                ("fine-tuning", head_epochs, config.epochs, config.learning_rate * FINE_TUNE_FACTOR, True)
+            )
+    else:
+        phases.append(("training", 0, config.epochs, config.learning_rate, True))
+
+    history_path = path / runs.HISTORY_FILE
+    best = min(
+        (row["val_loss"] for row in training_callbacks.read_history(history_path) if isinstance(row.get("val_loss"), float)),
+        default=math.inf,
+    )
+    checkpoint = training_callbacks.BestCheckpoint(path / runs.MODEL_FILE, best=best)
+    started = time.perf_counter()
+    images_seen = 0
+    for phase_index, (phase, first_epoch, last_epoch, learning_rate, backbone_trainable) in enumerate(phases):
+        done_marker = path / runs.BACKUP_FOLDER / f"phase-{phase_index}-done.weights.h5"
+        if done_marker.is_file():
+            model.load_weights(done_marker)
+            log.write(f"{phase}: finished before, weights restored")
+            continue
+        if pretrained:
+            registry.set_backbone_trainable(model, backbone_trainable)
+        with strategy.scope():
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss="categorical_crossentropy",
+                metrics=["accuracy"],
+                jit_compile=xla,
+            )
+        reporter = training_callbacks.StatusReporter(
+            path,
+            phase=phase,
+            epochs=last_epoch,
+            steps_per_epoch=steps,
+            batch_size=global_batch,
+            base={"model": name},
+            token=token,
+            listener=None if listener is None else (lambda status: listener(path.name, status)),
+        )
+        phase_callbacks = [
+            keras.callbacks.BackupAndRestore(
+                str(path / runs.BACKUP_FOLDER / f"phase-{phase_index}"),
+                double_checkpoint=True,
+                # Kept after a cancelled fit so the same command resumes; removed on success.
+                delete_checkpoint=False,
+            ),
+            training_callbacks.HistoryWriter(history_path, phase=lambda phase=phase: phase),
+            checkpoint,
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.patience, restore_best_weights=True
+            ),
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6
+            ),
+            reporter,
+        ]
+        log.write(f"{phase}: epochs {first_epoch + 1}-{last_epoch}, learning rate {learning_rate:g}")
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=last_epoch,
+            initial_epoch=first_epoch,
+            class_weight=class_weight,
+            callbacks=phase_callbacks,
+            shuffle=False,  # The dataset shuffles itself, seeded, every epoch.
+            verbose=0,
+        )
+        images_seen += (last_epoch - first_epoch) * len(train_frame)
+        token.raise_if_cancelled()
+        model.save_weights(done_marker)
+
+    seconds = time.perf_counter() - started
+    history = training_callbacks.read_history(history_path)
+    if not (path / runs.MODEL_FILE).is_file():
+        raise errors.KidneyLabError(
+            "Training never produced a finite validation loss, so no checkpoint was kept; "
+            "try a lower --lr."
+        )
+    kept = min(history, key=lambda row: row.get("val_loss", math.inf)) if history else {}
+    runs.update_run_info(
+        path,
+        training_finished=True,
+        train_seconds=round(seconds, 3),
+        epochs_trained=len(history),
+        best_epoch=kept.get("epoch"),
+        kept_epoch=kept,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
+    shutil.rmtree(path / runs.BACKUP_FOLDER, ignore_errors=True)
+    if not distribute.is_chief(config.strategy):
+        return {"accuracy": float("nan"), "images": 0}
+    return _evaluate(path, listener, None)
+
+
+def _evaluate(path: Path, listener: Listener | None, model: keras.Model | None) -> dict[str, Any]:
+    status = {"state": runs.RUNNING, "phase": "evaluating on the test split"}
+    runs.write_status(path, status)
+    _emit(listener, path.name, path)
+    return evaluate_module.evaluate_run(path, model=model)
+
+
+def _check_classes(scan: discover.DatasetScan) -> None:
+    counts = scan.per_class
+    empty = [name for name in classes.CLASS_NAMES if counts.get(name, 0) == 0]
+    if empty:
+        raise errors.DatasetError(
+            f"The dataset at {scan.root} has no images of {', '.join(empty)}; every class needs "
+            "images to train a 4-class model."
+        )
+
+
+def _check_split(data_split: split_module.Split) -> None:
+    per_subset = data_split.counts_per_class
+    for subset in ("train", "val"):
+        missing = [name for name in classes.CLASS_NAMES if per_subset.get(subset, {}).get(name, 0) == 0]
+        if missing:
+            raise errors.SplitError(
+                f"The {subset} split has no images of {', '.join(missing)}; the dataset is too "
+                "small for this split. Add images or use smaller --val/--test fractions."
+            )
+
+
+def _class_weights(frame: pd.DataFrame) -> dict[int, float]:
+    """Balanced class weights, ``n / (classes * count)``, keyed by registry class index."""
+    indices = np.array([classes.class_index(label) for label in frame["label"]])
+    present = np.arange(len(classes.CLASS_NAMES))
+    values = sklearn.utils.class_weight.compute_class_weight("balanced", classes=present, y=indices)
+    return {int(index): float(value) for index, value in zip(present, values)}
+
+
+def _command_key(config: TrainConfig, fingerprint: str, split_id: str) -> str:
+    """Identifies "the same command" for resuming: everything that shapes the trained models."""
+    settings = config.to_dict()
+    for volatile in ("workspace", "study_id", "data"):
+        settings.pop(volatile)
+    return fileio.short_hash(fingerprint, split_id, repr(sorted(settings.items())), length=16)
+
+
+def _find_resumable_study(
+    workspace: Path, command_key: str, study_id: str | None
+) -> tuple[str | None, dict[str, runs.RunRecord]]:
+    """The newest unfinished study of the same command, and its runs by model name."""
+    studies: dict[str, dict[str, runs.RunRecord]] = {}
+    for record in runs.list_runs(workspace, study_id=study_id):
+        if record.info.get("command_key") == command_key and record.study_id and record.model:
+            studies.setdefault(record.study_id, {}).setdefault(record.model, record)
+    for candidate, members in studies.items():
+        states = {record.state for record in members.values()}
+        if states <= {runs.COMPLETED}:
+            continue
+        busy = [record for record in members.values() if record.state in runs.ACTIVE_STATES]
+        if busy:
+            raise runs.RunBusyError(
+                f"Study {candidate} is being trained by process {busy[0].status.get('pid')}; "
+                "wait for it, or cancel it first."
+            )
+        return candidate, members
+    return None, {}
+
+
+def _run_info(
+    config: TrainConfig,
+    name: str,
+    run_id: str,
+    study_id: str,
+    command_key: str,
+    scan: discover.DatasetScan,
+    data_split: split_module.Split,
+    workspace: Path,
+) -> dict[str, Any]:
+    spec = registry.get_spec(name)
+    return {
+        "run_id": run_id,
+        "study_id": study_id,
+        "model": spec.name,
+        "display_name": spec.display_name,
+        "spec": registry.describe(spec),
+        "image_size": config.size_for(name),
+        "class_names": list(classes.CLASS_NAMES),
+        "config": config.to_dict(),
+        "command_key": command_key,
+        "workspace": str(workspace),
+        "data_root": str(scan.root),
+        "dataset_fingerprint": scan.fingerprint,
+        "dataset_images": int(len(scan.table)),
+        "split_id": data_split.split_id,
+        "split_strategy": data_split.strategy,
+        "split_counts": data_split.counts,
+        "test_with_duplicate_in_train": data_split.leakage("test")["exact_or_near"],
+        "weights_requested": config.weights,
+        "host": socket.gethostname(),
+        "versions": {
+            "kidney_lab": __version__,
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+        },
+    }
+
+
+def _finished_outcome(run_id: str, path: Path) -> RunOutcome:
+    record = runs.read_run(path)
+    metrics = None
+    if record.state == runs.COMPLETED and (path / runs.METRICS_FILE).is_file():
+        metrics = fileio.read_json(path / runs.METRICS_FILE)
+    return RunOutcome(run_id, record.model or "", path, record.state, error=record.problem, metrics=metrics)
+
+
+def _note(path: Path, phase: str) -> None:
+    runs.write_status(path, {"state": runs.QUEUED, "phase": phase})
+
+
+def _emit(listener: Listener | None, run_id: str, path: Path) -> None:
+    if listener is not None:
+        listener(run_id, runs.read_run(path).status)
+
+
+def _error_message(error: BaseException) -> str:
+    if isinstance(error, errors.KidneyLabError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno == 28:
+        return f"the disk is full ({error.filename or 'while writing'}); free space and run the same command again to resume"
+    if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
+        return "out of memory; use a smaller --batch-size or --img-size"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise errors.ConfigError(f"{name} must be a whole number of at least 1; got {value!r}.")
+
+
+class _RunLog:
+    """Appends timestamped lines to a run's train.log (and echoes nothing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, message: str) -> None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(f"{stamp} {message}\n")
