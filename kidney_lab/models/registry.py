@@ -86,7 +86,9 @@ class ModelSpec:
             kidney_lab.errors.ConfigError: a size below :attr:`min_size` or not a multiple of
                 :attr:`size_multiple`.
         """
-        if isinstance(size, bool) or not isinstance(size, int) or size < self.min_size:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise errors.ConfigError(f"The image size must be a whole number of pixels; got {size!r}.")
+        if size < self.min_size:
             raise errors.ConfigError(
                 f"{self.display_name} needs an image size of at least {self.min_size} pixels; "
                 f"got {size!r}."
@@ -276,6 +278,8 @@ def create_model(
         WeightsUnavailableError: ``weights="imagenet"`` and the weights cannot be obtained.
     """
     spec = get_spec(name)
+    if not 0 <= dropout < 1:
+        raise errors.ConfigError(f"dropout must be at least 0 and below 1; got {dropout!r}.")
     size = spec.check_size(spec.default_size if image_size is None else image_size)
     if weights not in WEIGHTS_CHOICES:
         raise errors.ConfigError(
@@ -365,9 +369,11 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(f"Cannot load model {file}: {reason[:300]}") from None
     shape = tuple(model.output_shape) if not isinstance(model.output_shape, list) else ()
-    if len(shape) != 2 or shape[-1] != len(classes.CLASS_NAMES):
+    inputs = tuple(model.input_shape) if not isinstance(model.input_shape, list) else ()
+    if len(shape) != 2 or shape[-1] != len(classes.CLASS_NAMES) or len(inputs) != 4 or inputs[-1] != 3:
         raise ModelLoadError(
-            f"{file} is not a {len(classes.CLASS_NAMES)}-class classifier (output shape {shape})."
+            f"{file} is not a {len(classes.CLASS_NAMES)}-class image classifier (input shape "
+            f"{inputs}, output shape {shape})."
         )
     return model
 

@@ -110,8 +110,8 @@ class StatusReporter(keras.callbacks.Callback):
     The status holds the phase, epoch and step of the total, the running loss and accuracy of
     the epoch, training images per second, an estimate of the seconds left of this phase, and
     (from :func:`kidney_lab.runs.write_status`) the pid and a heartbeat; ``listener`` gets each
-    status written. A cancelled
-    :class:`~kidney_lab.training.jobs.CancelToken` stops training after the current batch.
+    status written. A cancelled :class:`~kidney_lab.training.jobs.CancelToken` stops training
+    after the current batch by raising :class:`~kidney_lab.training.jobs.Cancelled`.
     """
 
     def __init__(
@@ -135,7 +135,6 @@ class StatusReporter(keras.callbacks.Callback):
         self.base = base
         self.token = token
         self.listener = listener
-        self.cancelled = False
         self._epoch = 0
         self._epoch_start = time.perf_counter()
         self._last_write = 0.0
@@ -153,10 +152,11 @@ class StatusReporter(keras.callbacks.Callback):
         # The first batch carries tracing time; the rate counts from the second one on.
         if step > 1 and elapsed > 0:
             self._rate = step * self.batch_size / elapsed
-        if self.token is not None and self.token.cancelled:
-            self.cancelled = True
-            self.model.stop_training = True
-        self._write(step=step, logs=logs, force=self.cancelled)
+        self._write(step=step, logs=logs, force=False)
+        if self.token is not None:
+            # Raising (rather than setting stop_training) leaves the unfinished epoch out of
+            # the history, the checkpoint and the backup, so a resume trains it again.
+            self.token.raise_if_cancelled()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._last_epoch_logs = {key: float(value) for key, value in (logs or {}).items()}

@@ -1,0 +1,1 @@
+"""Model builders and the registry that is the single source of model facts."""
