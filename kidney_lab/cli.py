@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--per-class", type=_positive_int, default=100, help="images per class (100)")
     phantom.add_argument("--size", type=_positive_int, default=256, help="image side in pixels (256)")
     phantom.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    phantom.add_argument("--field-of-view", choices=("abdomen", "kidneys"), default="abdomen",
+                         help="abdomen: the whole slice (default); kidneys: zoomed onto both kidneys")
     _add_json(phantom)
     phantom.set_defaults(handler=_run_phantom)
 
@@ -126,10 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(models)
     models.set_defaults(handler=_run_models)
 
-    demo = commands.add_parser("demo", help="build the built-in demo: phantoms in the workspace, audited and split")
-    demo.add_argument("--per-class", type=_positive_int, default=60, help="phantoms per class (60)")
-    demo.add_argument("--size", type=_positive_int, default=128, help="phantom side in pixels (128)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    demo = commands.add_parser(
+        "demo", help="build the demo study: phantoms in the workspace and all five models trained on them"
+    )
+    demo.add_argument("--per-class", type=_positive_int, default=None, help="phantoms per class (400)")
+    demo.add_argument("--size", type=_positive_int, default=None, help="phantom and model input side in pixels (96)")
+    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs per model (3)")
+    demo.add_argument("--models", default="all", help="all (default), or comma-separated registry names")
+    demo.add_argument("--seed", type=int, default=None, help="random seed (0)")
     _add_workspace(demo)
     _add_json(demo)
     demo.set_defaults(handler=_run_demo)
@@ -140,7 +146,8 @@ def _run_phantom(arguments: argparse.Namespace) -> dict[str, Any]:
     from kidney_lab.data.phantom import write_phantom_dataset
 
     started = time.perf_counter()
-    root = write_phantom_dataset(arguments.out, arguments.per_class, size=arguments.size, seed=arguments.seed)
+    root = write_phantom_dataset(arguments.out, arguments.per_class, size=arguments.size, seed=arguments.seed,
+                                 field_of_view=arguments.field_of_view)
     images = 4 * arguments.per_class
     print(f"Wrote {images} phantoms ({arguments.size}x{arguments.size}) to {root} "
           f"in {time.perf_counter() - started:.1f} s; masks in {root.parent / 'masks'}")
@@ -271,20 +278,30 @@ def _run_fetch(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_demo(arguments: argparse.Namespace) -> dict[str, Any]:
-    from kidney_lab.data.audit import audit_dataset
-    from kidney_lab.data.phantom import write_phantom_dataset
-    from kidney_lab.data.split import get_or_make_split
-    from kidney_lab.workspace import DEMO_DATA_FOLDER, prepare_workspace
+    import dataclasses
 
-    workspace = prepare_workspace(arguments.workspace)
-    out = workspace / DEMO_DATA_FOLDER
-    print(f"Writing {4 * arguments.per_class} phantoms to {out} ...")
-    root = write_phantom_dataset(out, arguments.per_class, size=arguments.size, seed=arguments.seed)
-    report = audit_dataset(_scan(root, workspace))
-    split, manifest = get_or_make_split(report, workspace, "grouped", seed=arguments.seed)
-    print(split.format_report())
-    print(f"Demo data ready: {root}\nSplit manifest: {manifest}")
-    return {"root": str(root), "split": split.to_dict(manifest.resolve())}
+    from kidney_lab.demo import DemoSettings, run_demo, summary
+    from kidney_lab.models.registry import parse_model_names
+
+    chosen = {
+        "per_class": arguments.per_class, "image_size": arguments.size,
+        "epochs": arguments.epochs, "seed": arguments.seed,
+    }
+    settings = dataclasses.replace(
+        DemoSettings(models=tuple(parse_model_names(arguments.models))),
+        **{key: value for key, value in chosen.items() if value is not None},
+    )
+    started = time.perf_counter()
+    print(f"Demo: {4 * settings.per_class} phantoms ({settings.image_size} px, {settings.field_of_view} view), "
+          f"{len(settings.models)} models, {settings.epochs} epochs each, trained from scratch on this machine.",
+          file=sys.stderr)
+    result = run_demo(settings, arguments.workspace, listener=_TrainingProgress())
+    seconds = time.perf_counter() - started
+    print(_format_study(result))
+    print(f"Demo finished in {seconds:.0f} s. Start the app with: streamlit run streamlit_app.py")
+    if not result.ok:
+        arguments.exit_status = EXIT_FAILURE
+    return dict(result.to_dict(), seconds=round(seconds, 1), models=summary(result))
 
 
 def _scan(folder: Path, workspace: Path | None):

@@ -35,3 +35,16 @@ def test_pipeline_benchmark_runs(real_sample, tmp_path):
     assert "Training input, ours cached epoch / ImageDataGenerator" in result.stdout
     assert "Training steps/s, (i) / (ii)" in result.stdout
     assert json.loads((tmp_path / "pipeline.json").read_text())["benchmark"] == "pipeline"
+
+
+@pytest.mark.slow
+def test_training_benchmark_runs(tmp_path):
+    result = run_bench("bench_training.py", "--models", "vit", "--img-size", "32", "--per-class", "8",
+                       "--batch-size", "8", "--steps", "3", "--repeats", "1",
+                       "--json", str(tmp_path / "training.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Pipeline / in-memory: median over models" in result.stdout
+    written = json.loads((tmp_path / "training.json").read_text())
+    assert written["benchmark"] == "training"
+    assert [model["name"] for model in written["models"]] == ["vit"]
+    assert written["models"][0]["pipeline_images_per_second"] > 0

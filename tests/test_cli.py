@@ -117,14 +117,31 @@ def test_fetch_copies_a_download_into_out(tmp_path, capsys, monkeypatch, make_da
     assert sorted(path.name for path in root.iterdir()) == sorted(CLASS_NAMES)
 
 
-def test_demo_builds_phantoms_and_a_grouped_split(tmp_path, capsys):
-    code, out, _ = run(["demo", "--workspace", str(tmp_path), "--per-class", "8", "--size", "64",
-                        "--json", str(tmp_path / "demo.json")], capsys)
+def test_demo_builds_a_complete_study(tmp_path, capsys):
+    code, out, _ = run(["demo", "--workspace", str(tmp_path), "--per-class", "10", "--size", "32",
+                        "--epochs", "1", "--models", "vit", "--json", str(tmp_path / "demo.json")], capsys)
     result = json.loads((tmp_path / "demo.json").read_text())
-    assert code == 0
-    assert Path(result["root"]).is_dir()
-    assert result["split"]["test_with_duplicate_in_train"] == 0
-    assert (tmp_path / "splits" / result["split"]["split_id"] / "manifest.csv").is_file()
+    assert code == 0, out
+    (run_result,) = result["runs"]
+    assert run_result["model"] == "vit" and run_result["status"] == "completed"
+    run_folder = Path(run_result["path"])
+    for name in ("model.keras", "predictions.csv", "metrics.json", "history.csv"):
+        assert (run_folder / name).is_file()
+    info = json.loads((run_folder / "run.json").read_text())
+    assert info["split_strategy"] == "grouped" and info["test_with_duplicate_in_train"] == 0
+    assert info["data_root"].startswith(str(tmp_path / "demo_data"))
+    assert result["models"]["vit"]["test_accuracy"] == run_result["test_accuracy"]
+    assert "streamlit run streamlit_app.py" in out
+
+    # The phantoms are reused, and a finished demo trains a new study when run again.
+    parameters = tmp_path / "demo_data" / "phantoms.json"
+    written = parameters.stat().st_mtime_ns
+    code, _, _ = run(["demo", "--workspace", str(tmp_path), "--per-class", "10", "--size", "32",
+                      "--epochs", "1", "--models", "vit"], capsys)
+    assert code == 0 and parameters.stat().st_mtime_ns == written
+    from kidney_lab.demo import demo_studies
+
+    assert len(demo_studies(tmp_path)) == 2
 
 
 def test_unexpected_errors_are_one_line(monkeypatch, capsys, tmp_path):

@@ -49,6 +49,17 @@ WINDOW_WIDTH_HU, WINDOW_LEVEL_HU = WINDOW_PRESETS["kidney"]
 MIN_SIZE = 32
 MAX_SIZE = 1024
 
+# "abdomen" shows the whole slice, like the Kaggle images; "kidneys" zooms onto both kidneys,
+# so that lesions cover about four times as many pixels (the built-in demo uses it: models
+# trained from scratch for a minute on a CPU learn it, while the whole slice needs far longer).
+FIELDS_OF_VIEW = ("abdomen", "kidneys")
+# The kidneys view is drawn at this multiple of the size, then cropped to the square around
+# both kidneys (widened by the margin) and resized to the size.
+_KIDNEYS_DRAW_SCALE = 2
+_KIDNEYS_MARGIN = 1.15
+# Lesions of the kidneys view are this much larger in radius than in the abdomen view.
+_KIDNEYS_LESION_SCALE = 1.4
+
 # The folder next to the dataset folder that holds one mask PNG per phantom image.
 MASKS_FOLDER_NAME = "masks"
 # The file next to the dataset folder that records how the phantoms were made.
@@ -86,31 +97,67 @@ class Phantom:
     kidney_mask: np.ndarray | None = None
 
 
-def make_phantom(label: str, size: int = 256, seed: int = 0, index: int = 0) -> Phantom:
+def make_phantom(
+    label: str, size: int = 256, seed: int = 0, index: int = 0, field_of_view: str = "abdomen"
+) -> Phantom:
     """Draw phantom number ``index`` of class ``label``.
 
     Args:
         label: one of ``CLASS_NAMES`` (case-insensitive).
-        size: width and height in pixels, 32 to 1024.
+        size: width and height in pixels, 32 to 1024 (to 512 for the kidneys view).
         seed: non-negative integer that selects the whole set of phantoms.
         index: non-negative image number within the class.
+        field_of_view: ``"abdomen"`` (the whole slice) or ``"kidneys"`` (zoomed onto both
+            kidneys; see :data:`FIELDS_OF_VIEW`).
 
     Returns:
         The :class:`Phantom`; the same arguments always give byte-identical arrays.
 
     Raises:
-        ValueError: for an unknown label, a size outside 32..1024 or a negative seed or index.
+        ValueError: for an unknown label or field of view, a size outside the range or a
+            negative seed or index.
     """
     name = _check_label(label)
-    _check_size(size)
+    _check_size(size, field_of_view)
     _check_non_negative("seed", seed)
     _check_non_negative("index", index)
     sequence = np.random.SeedSequence([seed, classes.class_index(name), index])
-    return _draw(name, size, np.random.default_rng(sequence))
+    if field_of_view == "abdomen":
+        return _draw(name, size, np.random.default_rng(sequence))
+    drawn = _draw(
+        name, size * _KIDNEYS_DRAW_SCALE, np.random.default_rng(sequence), lesion_scale=_KIDNEYS_LESION_SCALE
+    )
+    return _crop_to_kidneys(drawn, size)
+
+
+def _crop_to_kidneys(phantom: Phantom, size: int) -> Phantom:
+    """The square around both kidneys, resized to ``size`` (masks stay exact to a pixel)."""
+    rows, columns = np.nonzero(phantom.kidney_mask)
+    centre_y, centre_x = (rows.min() + rows.max()) / 2.0, (columns.min() + columns.max()) / 2.0
+    half = max(rows.max() - rows.min(), columns.max() - columns.min()) / 2.0 * _KIDNEYS_MARGIN
+    box = tuple(int(round(value)) for value in (centre_x - half, centre_y - half, centre_x + half, centre_y + half))
+
+    def crop(pixels: np.ndarray, resample: int) -> np.ndarray:
+        image = PIL.Image.fromarray(pixels).crop(box)
+        return np.asarray(image.resize((size, size), resample))
+
+    def crop_mask(mask: np.ndarray) -> np.ndarray:
+        return crop(mask.astype(np.uint8) * 255, PIL.Image.Resampling.BILINEAR) >= 128
+
+    return dataclasses.replace(
+        phantom,
+        image=crop(phantom.image, PIL.Image.Resampling.BILINEAR),
+        mask=crop_mask(phantom.mask),
+        kidney_mask=crop_mask(phantom.kidney_mask),
+    )
 
 
 def write_phantom_dataset(
-    out: str | os.PathLike[str], per_class: int, size: int = 256, seed: int = 0
+    out: str | os.PathLike[str],
+    per_class: int,
+    size: int = 256,
+    seed: int = 0,
+    field_of_view: str = "abdomen",
 ) -> Path:
     """Write ``per_class`` phantoms of every class in the Kaggle folder layout.
 
@@ -134,7 +181,7 @@ def write_phantom_dataset(
         raise errors.ConfigError(
             f"per_class must be a whole number of at least 1 (images per class); got {per_class!r}."
         )
-    _check_size(size)
+    _check_size(size, field_of_view)
     _check_non_negative("seed", seed)
     root = Path(out)
     dataset = root / classes.KAGGLE_FOLDER_NAME
@@ -146,7 +193,7 @@ def write_phantom_dataset(
         stale_path.unlink(missing_ok=True)
     for name in classes.CLASS_NAMES:
         for number in range(1, per_class + 1):
-            phantom = make_phantom(name, size=size, seed=seed, index=number - 1)
+            phantom = make_phantom(name, size=size, seed=seed, index=number - 1, field_of_view=field_of_view)
             file_name = f"{name}- ({number}).png"
             fileio.atomic_write_bytes(dataset / name / file_name, _png_bytes(phantom.image))
             mask_pixels = phantom.mask.astype(np.uint8) * 255
@@ -159,6 +206,7 @@ def write_phantom_dataset(
             "per_class": per_class,
             "size": size,
             "seed": seed,
+            "field_of_view": field_of_view,
             "classes": list(classes.CLASS_NAMES),
             "images": per_class * len(classes.CLASS_NAMES),
             "dataset_folder": classes.KAGGLE_FOLDER_NAME,
@@ -195,10 +243,15 @@ def _check_label(label: str) -> str:
     return name
 
 
-def _check_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+def _check_size(size: int, field_of_view: str = "abdomen") -> None:
+    if field_of_view not in FIELDS_OF_VIEW:
         raise errors.ConfigError(
-            f"size must be a whole number of pixels from {MIN_SIZE} to {MAX_SIZE}; got {size!r}."
+            f"Unknown field of view {field_of_view!r}; use one of {', '.join(FIELDS_OF_VIEW)}."
+        )
+    largest = MAX_SIZE if field_of_view == "abdomen" else MAX_SIZE // _KIDNEYS_DRAW_SCALE
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= largest:
+        raise errors.ConfigError(
+            f"size must be a whole number of pixels from {MIN_SIZE} to {largest}; got {size!r}."
         )
 
 
@@ -295,7 +348,7 @@ class _Canvas:
         return result
 
 
-def _draw(label: str, size: int, rng: np.random.Generator) -> Phantom:
+def _draw(label: str, size: int, rng: np.random.Generator, lesion_scale: float = 1.0) -> Phantom:
     """Draw one phantom; the order of the random draws is part of GENERATOR_VERSION."""
     s = float(size)
     canvas = _Canvas(size)
@@ -490,7 +543,7 @@ def _draw(label: str, size: int, rng: np.random.Generator) -> Phantom:
     side: str | None = None
     if label != "Normal":
         side = "left" if rng.uniform() < 0.5 else "right"
-        mask = _paint_lesion(canvas, label, kidneys[side], cavity_full, rng)
+        mask = _paint_lesion(canvas, label, kidneys[side], cavity_full, rng, lesion_scale)
 
     # Correlated noise and a slight blur in one filter: white noise is scaled so that the
     # filtered noise has the drawn standard deviation.
@@ -514,8 +567,12 @@ def _paint_lesion(
     kidney: tuple[float, float, float, float, float],
     allowed: np.ndarray,
     rng: np.random.Generator,
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """Paint a cyst, stone or tumor into ``kidney``, only where ``allowed``; return its mask."""
+    """Paint a cyst, stone or tumor into ``kidney``, only where ``allowed``; return its mask.
+
+    ``scale`` multiplies the lesion's radius (the random draws stay the same).
+    """
     s = float(canvas.size)
     k_y, k_x, long_radius, short_radius, angle = kidney
     if label == "Stone":
@@ -527,6 +584,7 @@ def _paint_lesion(
     else:
         radius = s * rng.uniform(0.072, 0.1)
         room = 0.95
+    radius *= scale
     # A point in the kidney, far enough from its edge that the lesion stays mostly inside.
     spread = rng.uniform(0.0, 1.0) ** 0.5
     theta = rng.uniform(0.0, 2.0 * np.pi)

@@ -4,8 +4,12 @@
 device); ``one`` pins one device; ``mirrored`` mirrors over every GPU, or over every logical
 CPU device when there is no GPU (how the tests run it); ``multiworker`` trains on several
 machines that each run the same command, with ``TF_CONFIG`` naming the cluster and this
-worker's place in it. The batch size of a config is per replica: the global batch is that
-times the number of replicas.
+worker's place in it (:func:`is_chief` says which worker writes the run files). The batch size
+of a config is per replica: the global batch is that times the number of replicas.
+
+A multi-worker strategy configures TensorFlow's collective ops, which is possible only before
+TensorFlow's runtime starts in the process (before its first op, dataset or device query), so
+:func:`make_strategy` builds it before anything else and only once per process.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import tensorflow as tf
 from kidney_lab import errors
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+
+# The one MultiWorkerMirroredStrategy of this process (collective ops are configured only once).
+_multiworker: tf.distribute.Strategy | None = None
 
 
 def check_strategy_name(name: str) -> str:
@@ -35,8 +42,26 @@ def check_strategy_name(name: str) -> str:
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for ``name`` (see the module docstring)."""
+    """The tf.distribute strategy for ``name`` (see the module docstring).
+
+    ``multiworker`` configures the process's collective ops, which TensorFlow allows only
+    before its runtime starts (before the first op, dataset or device query): call this first
+    in the process. Its strategy is made once per process and returned again on later calls.
+    """
+    global _multiworker
     check_strategy_name(name)
+    if name == "multiworker":
+        if _multiworker is None:
+            try:
+                _multiworker = _MultiWorkerStrategy()
+            except RuntimeError as error:
+                if "program startup" not in str(error):
+                    raise
+                raise errors.ConfigError(
+                    "--strategy multiworker must be set up before TensorFlow starts in this "
+                    "process; start a new process for multi-worker training."
+                ) from None
+        return _multiworker
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -46,16 +71,51 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         if gpus:
             return tf.distribute.MirroredStrategy()
         return tf.distribute.MirroredStrategy([device.name for device in tf.config.list_logical_devices("CPU")])
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    raise AssertionError(f"unhandled strategy {name!r}")
+
+
+class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """``MultiWorkerMirroredStrategy`` whose ``reduce`` accepts what Keras 3's ``fit`` passes it.
+
+    With more than one worker, Keras 3 (3.15 still; keras-team/keras#20585) calls
+    ``strategy.reduce`` in two ways this strategy refuses:
+
+    - on the first batch of ``fit``, a tuple of per-replica values, in one call ("Attempt to
+      convert a value (PerReplica...)"): each value is reduced in turn instead, in the same
+      order on every worker;
+    - on each step's logs, per-replica scalars with ``axis=0`` ("Invalid reduction dimension 0
+      for input with 0 dimensions"): a scalar is reduced across replicas only (``axis=None``),
+      which is the mean Keras means.
+    """
+
+    def reduce(self, reduce_op, value, axis=None):  # noqa: D102 - as tf.distribute.Strategy.reduce
+        reduce_one = super().reduce
+
+        def one(item):
+            if item is None:
+                return None
+            local = item.values[0] if isinstance(item, tf.distribute.DistributedValues) else item
+            scalar = getattr(getattr(local, "shape", None), "rank", None) == 0
+            return reduce_one(reduce_op, item, None if scalar else axis)
+
+        if isinstance(value, (tuple, list, dict)):
+            return tf.nest.map_structure(one, value)
+        return one(value)
 
 
 def is_chief(name: str) -> bool:
-    """Whether this process writes the run files: always, except non-chief multi-workers."""
+    """Whether this process writes the run files: always, except non-chief multi-workers.
+
+    With ``multiworker`` the chief is the ``chief`` task, or worker 0 when the cluster has no
+    ``chief`` job (TensorFlow's convention).
+    """
     if name != "multiworker":
         return True
-    task = _cluster_config().get("task", {})
-    kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in _cluster_config().get("cluster", {}))
+    config = _cluster_config()
+    kind, index = config["task"]["type"], config["task"]["index"]
+    if kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in config["cluster"]
 
 
 def shardable(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -65,17 +125,39 @@ def shardable(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
+_TF_CONFIG_EXAMPLE = (
+    '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}} '
+    "(the same cluster on every machine, each with its own task index)"
+)
+
+
 def _cluster_config() -> dict:
+    """``TF_CONFIG`` parsed and checked; a ConfigError that says how to set it otherwise."""
     text = os.environ.get("TF_CONFIG", "").strip()
     if not text:
         raise errors.ConfigError(
-            "--strategy multiworker needs TF_CONFIG describing the cluster, e.g. "
-            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}.'
+            f"--strategy multiworker needs TF_CONFIG describing the cluster, e.g. {_TF_CONFIG_EXAMPLE}."
         )
     try:
         config = json.loads(text)
-    except ValueError:
-        raise errors.ConfigError("TF_CONFIG is not valid JSON.") from None
-    if not isinstance(config, dict) or "cluster" not in config:
-        raise errors.ConfigError("TF_CONFIG has no 'cluster' entry.")
-    return config
+    except ValueError as error:
+        raise errors.ConfigError(
+            f"TF_CONFIG is not valid JSON ({error}); set it to one JSON object such as {_TF_CONFIG_EXAMPLE}."
+        ) from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not cluster or not all(
+        isinstance(addresses, list) and addresses for addresses in cluster.values()
+    ):
+        raise errors.ConfigError(
+            "TF_CONFIG needs a 'cluster' that maps job names to lists of host:port addresses, "
+            f"e.g. {_TF_CONFIG_EXAMPLE}."
+        )
+    task = config.get("task")
+    kind = task.get("type") if isinstance(task, dict) else None
+    index = task.get("index", 0) if isinstance(task, dict) else None
+    if kind not in cluster or isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise errors.ConfigError(
+            "TF_CONFIG needs a 'task' naming this process's job and its index in the cluster "
+            f"(got {task!r} for jobs {sorted(cluster)}), e.g. {_TF_CONFIG_EXAMPLE}."
+        )
+    return {"cluster": cluster, "task": {"type": kind, "index": index}}

@@ -225,3 +225,33 @@ def test_global_cues_do_not_separate_classes() -> None:
         pooled = np.sqrt(np.mean([series.var(ddof=1) for series in values.values()]))
         means = [series.mean() for series in values.values()]
         assert max(means) - min(means) < pooled, (feature, means, pooled)
+
+
+@pytest.mark.parametrize("label", LESION_CLASSES)
+def test_kidneys_view_zooms_in_and_keeps_the_mask_on_the_lesion(label: str) -> None:
+    for index in range(6):
+        whole = phantom.make_phantom(label, size=96, seed=1, index=index)
+        zoomed = phantom.make_phantom(label, size=96, seed=1, index=index, field_of_view="kidneys")
+        assert zoomed.image.shape == zoomed.mask.shape == (96, 96)
+        assert zoomed.label == label and zoomed.side == whole.side
+        # The kidneys cover over twice as many pixels as in the whole slice, the (larger)
+        # lesions over three times as many.
+        assert zoomed.mask.sum() > 3 * whole.mask.sum()
+        assert zoomed.kidney_mask.sum() > 2 * whole.kidney_mask.sum()
+        # Large tumors bulge out of the kidney; every lesion still sits largely in it.
+        assert (zoomed.mask & zoomed.kidney_mask).sum() >= 0.25 * zoomed.mask.sum()
+
+
+def test_kidneys_view_is_deterministic_and_recorded(tmp_path: Path) -> None:
+    first = phantom.make_phantom("Cyst", size=64, seed=2, index=3, field_of_view="kidneys")
+    second = phantom.make_phantom("Cyst", size=64, seed=2, index=3, field_of_view="kidneys")
+    assert np.array_equal(first.image, second.image) and np.array_equal(first.mask, second.mask)
+    phantom.write_phantom_dataset(tmp_path, per_class=1, size=64, seed=2, field_of_view="kidneys")
+    assert json.loads((tmp_path / phantom.PARAMETERS_FILE_NAME).read_text())["field_of_view"] == "kidneys"
+
+
+def test_kidneys_view_rejects_bad_arguments() -> None:
+    with pytest.raises(errors.ConfigError, match="field of view"):
+        phantom.make_phantom("Cyst", size=64, field_of_view="pelvis")
+    with pytest.raises(errors.ConfigError, match="512"):
+        phantom.make_phantom("Cyst", size=600, field_of_view="kidneys")
