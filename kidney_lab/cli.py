@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: ImageNet when it can be downloaded, else random (default); imagenet: fail without; none: random")
     train.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch and device (32)")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate (0.001)")
+    train.add_argument("--lr-schedule", choices=("plateau", "cosine"), default="plateau",
+                       help="plateau: halve when validation loss stalls (default); cosine: decay smoothly to 1/20")
     train.add_argument("--seed", type=int, default=0, help="random seed of split, initialisation and augmentation (0)")
     train.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience in epochs (5)")
     train.add_argument("--no-augmentation", action="store_true", help="train without random flips, rotations, zoom, brightness and contrast")
@@ -133,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--per-class", type=_positive_int, default=None, help="phantoms per class (400)")
     demo.add_argument("--size", type=_positive_int, default=None, help="phantom and model input side in pixels (96)")
-    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs per model (3)")
+    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs per model (4)")
     demo.add_argument("--models", default="all", help="all (default), or comma-separated registry names")
     demo.add_argument("--seed", type=int, default=None, help="random seed (0)")
     _add_workspace(demo)
@@ -198,6 +200,7 @@ def _run_train(arguments: argparse.Namespace) -> dict[str, Any]:
         weights=arguments.weights,
         batch_size=arguments.batch_size,
         learning_rate=arguments.lr,
+        lr_schedule=arguments.lr_schedule,
         augmentation=not arguments.no_augmentation,
         seed=arguments.seed,
         patience=arguments.patience,

@@ -58,6 +58,9 @@ from kidney_lab.training import distribute
 from kidney_lab.training import jobs
 
 SPLIT_CHOICES = split_module.STRATEGIES
+# "plateau" halves the learning rate when validation loss stalls; "cosine" decays it smoothly
+# to a twentieth over each training phase, which settles short runs from scratch.
+LR_SCHEDULES = ("plateau", "cosine")
 
 # Fine-tuning after the head phase uses the learning rate times this factor.
 FINE_TUNE_FACTOR = 0.1
@@ -78,6 +81,7 @@ class TrainConfig:
         weights: ``"auto"``, ``"imagenet"`` or ``"none"`` (see :func:`registry.create_model`).
         batch_size: images per batch on each replica.
         learning_rate: Adam's learning rate (of the head phase, with pretrained weights).
+        lr_schedule: ``"plateau"`` or ``"cosine"`` (see :data:`LR_SCHEDULES`).
         augmentation: random flips, rotations, zoom, brightness and contrast while training.
         seed: seeds Python, NumPy and TensorFlow, the split and the augmentation.
         val_fraction, test_fraction: shares of the images for validation and test.
@@ -101,6 +105,7 @@ class TrainConfig:
     weights: str = "auto"
     batch_size: int = 32
     learning_rate: float = 1e-3
+    lr_schedule: str = "plateau"
     augmentation: bool = True
     seed: int = 0
     val_fraction: float = 0.15
@@ -139,6 +144,10 @@ class TrainConfig:
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 10):
             raise errors.ConfigError(
                 f"The learning rate must be a number above 0 (such as 0.001); got {self.learning_rate!r}."
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise errors.ConfigError(
+                f"Unknown learning-rate schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}."
             )
         if not 0 < self.batchnorm_momentum < 1:
             raise errors.ConfigError(f"batchnorm_momentum must be between 0 and 1; got {self.batchnorm_momentum}.")
@@ -437,7 +446,9 @@ def _fit_and_evaluate(
             registry.set_backbone_trainable(model, backbone_trainable)
         with strategy.scope():
             model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
+                optimizer=keras.optimizers.Adam(
+                    _learning_rate(config.lr_schedule, learning_rate, steps * (last_epoch - first_epoch))
+                ),
                 loss="categorical_crossentropy",
                 metrics=["accuracy"],
                 jit_compile=xla,
@@ -464,11 +475,14 @@ def _fit_and_evaluate(
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=config.patience, restore_best_weights=True
             ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6
-            ),
             reporter,
         ]
+        if config.lr_schedule == "plateau":
+            phase_callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6
+                )
+            )
         log.write(f"{phase}: epochs {first_epoch + 1}-{last_epoch}, learning rate {learning_rate:g}")
         model.fit(
             train_data,
@@ -505,6 +519,12 @@ def _fit_and_evaluate(
     if not distribute.is_chief(config.strategy):
         return {"accuracy": float("nan"), "images": 0}
     return _evaluate(path, listener, None)
+
+
+def _learning_rate(schedule: str, rate: float, steps: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, steps), alpha=0.05)
+    return rate
 
 
 def _evaluate(path: Path, listener: Listener | None, model: keras.Model | None) -> dict[str, Any]:

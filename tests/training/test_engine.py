@@ -153,6 +153,7 @@ def test_class_weights_are_balanced_in_registry_order() -> None:
         ({"split": "stratified"}, "Unknown split"),
         ({"weights": "coco"}, "Unknown weights"),
         ({"strategy": "tpu"}, "Unknown strategy"),
+        ({"lr_schedule": "step"}, "Unknown learning-rate schedule"),
         ({"study_id": "../x"}, "not a study id"),
     ],
 )
@@ -323,3 +324,50 @@ def test_the_train_json_result_names_the_study_and_runs(phantom_root: Path, tmp_
     assert run["model"] == MODEL and run["status"] == runs.COMPLETED
     assert Path(run["path"]).is_absolute() and Path(run["path"], runs.MODEL_FILE).is_file()
     assert "test accuracy" in out
+
+
+def test_pretrained_weights_train_the_head_then_fine_tune_with_batchnorm_frozen(
+    phantom_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    real_create = registry.create_model
+    seen: dict[str, list] = {"trainable": []}
+
+    def pretend_pretrained(name, image_size=None, weights="none", **kwargs):
+        built = real_create(name, image_size=image_size, weights="none", **kwargs)
+        return registry.BuiltModel(built.model, built.spec, built.image_size, registry.WEIGHTS_IMAGENET, None)
+
+    real_fit = keras.Model.fit
+
+    def recording_fit(self, *args, **kwargs):
+        trainable = {layer.name for layer in self.layers if layer.trainable_weights}
+        batchnorm = [layer.trainable for layer in self.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        seen["trainable"].append((kwargs["initial_epoch"], trainable, batchnorm))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "create_model", pretend_pretrained)
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    result = engine.train(tiny_config(phantom_root, tmp_path, models=("mobilenetv2",), epochs=3, weights="auto"))
+    assert result.ok, result.runs[0].error
+    (head_start, head_trainable, _), (tune_start, tune_trainable, batchnorm) = seen["trainable"]
+    assert (head_start, tune_start) == (0, 1)
+    assert head_trainable == {registry.OUTPUT_LAYER}
+    assert len(tune_trainable) > 10 and not any(batchnorm)
+    history = training_callbacks.read_history(result.runs[0].path / runs.HISTORY_FILE)
+    assert [row["phase"] for row in history] == ["training the head", "fine-tuning", "fine-tuning"]
+    assert history[1]["learning_rate"] == pytest.approx(history[0]["learning_rate"] * engine.FINE_TUNE_FACTOR)
+    assert runs.read_run(result.runs[0].path).info["weights"] == registry.WEIGHTS_IMAGENET
+
+
+def test_mixed_precision_and_cosine_schedule(phantom_root: Path, tmp_path: Path) -> None:
+    result = engine.train(
+        tiny_config(phantom_root, tmp_path, epochs=2, mixed_precision=True, lr_schedule="cosine")
+    )
+    assert result.ok, result.runs[0].error
+    info = runs.read_run(result.runs[0].path).info
+    assert info["mixed_precision"] is True
+    model = registry.load_model(result.runs[0].path / runs.MODEL_FILE)
+    assert model.get_layer(registry.OUTPUT_LAYER).dtype_policy.compute_dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    history = training_callbacks.read_history(result.runs[0].path / runs.HISTORY_FILE)
+    # Loss scaling skips the first steps while it finds its scale, so the decay starts late.
+    assert history[1]["learning_rate"] < history[0]["learning_rate"]
