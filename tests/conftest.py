@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytest
 
 from kidney_lab.data.classes import CLASS_NAMES, KAGGLE_FOLDER_NAME

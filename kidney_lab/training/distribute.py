@@ -8,8 +8,10 @@ worker's place in it (:func:`is_chief` says which worker writes the run files). 
 of a config is per replica: the global batch is that times the number of replicas.
 
 A multi-worker strategy configures TensorFlow's collective ops, which is possible only before
-TensorFlow's runtime starts in the process (before its first op, dataset or device query), so
-:func:`make_strategy` builds it before anything else and only once per process.
+TensorFlow's runtime starts in the process (before its first op, dataset or device query): call
+:func:`make_strategy` before using TensorFlow; it builds that strategy before it asks TensorFlow
+anything, once per process. With several replicas every batch must be full
+(:func:`full_batches_only`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ def check_strategy_name(name: str) -> str:
     """Return ``name`` if it is a known strategy.
 
     Raises:
-        kidney_lab.errors.ConfigError: an unknown name, or ``multiworker`` without
-            ``TF_CONFIG``.
+        kidney_lab.errors.ConfigError: an unknown name, or ``multiworker`` without a usable
+            ``TF_CONFIG`` (the message shows one).
     """
     if name not in STRATEGIES:
         raise errors.ConfigError(f"Unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}.")
@@ -118,6 +120,29 @@ def is_chief(name: str) -> bool:
     return kind == "worker" and index == 0 and "chief" not in config["cluster"]
 
 
+def full_batches_only(subset: str, images: int, global_batch: int, replicas: int) -> bool:
+    """Whether the ``subset`` dataset must drop its last, partial batch: with several replicas.
+
+    With several replicas a partial batch fails training in two ways: its images are split over
+    the replicas, so with fewer images than replicas some replica gets an empty batch (on CPU
+    "input depth must be evenly divisible by filter depth"); and when it is the first batch,
+    Keras adds the replicas' unequal batches together to build the model ("Inputs to operation
+    AddN ... must have the same size and shape"). Dropping it loses fewer images than one global
+    batch: other ones each epoch in training, the same few in validation.
+
+    Raises:
+        kidney_lab.errors.ConfigError: several replicas and fewer images than one global batch.
+    """
+    if replicas <= 1:
+        return False
+    if images < global_batch:
+        raise errors.ConfigError(
+            f"The {subset} split has {images} images, fewer than one global batch of {global_batch} "
+            f"({global_batch // replicas} per replica on {replicas} replicas); use a smaller --batch-size."
+        )
+    return True
+
+
 def shardable(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Let a multi-worker strategy shard ``dataset`` by element (it is not read from files)."""
     options = tf.data.Options()
@@ -155,7 +180,8 @@ def _cluster_config() -> dict:
     task = config.get("task")
     kind = task.get("type") if isinstance(task, dict) else None
     index = task.get("index", 0) if isinstance(task, dict) else None
-    if kind not in cluster or isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+    valid_index = isinstance(index, int) and not isinstance(index, bool)
+    if kind not in cluster or not valid_index or not 0 <= index < len(cluster[kind]):
         raise errors.ConfigError(
             "TF_CONFIG needs a 'task' naming this process's job and its index in the cluster "
             f"(got {task!r} for jobs {sorted(cluster)}), e.g. {_TF_CONFIG_EXAMPLE}."

@@ -23,12 +23,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import os
 import platform
 import resource
 import shutil
 import socket
-import sys
 import tempfile
 import time
 import traceback
@@ -234,6 +232,9 @@ def train(
         kidney_lab.errors.KidneyLabError: before any run starts, when the dataset, the split or
             the workspace cannot be used; also when another process is training this study.
     """
+    if config.strategy == "multiworker":
+        # Collective ops can be configured only before TensorFlow's runtime starts.
+        distribute.make_strategy(config.strategy)
     chief, scratch = distribute.is_chief(config.strategy), None
     if chief:
         workspace = workspace_module.prepare_workspace(config.workspace)
@@ -341,9 +342,10 @@ def _train_run(
         _emit(listener, run_id, path)
         return RunOutcome(run_id, name, path, runs.FAILED, error=message)
     runs.mark_finished(path, runs.COMPLETED)
-    log.write(f"completed: test accuracy {metrics['accuracy']:.4f} on {metrics['images']} images")
+    if metrics:
+        log.write(f"completed: test accuracy {metrics['accuracy']:.4f} on {metrics['images']} images")
     _emit(listener, run_id, path)
-    return RunOutcome(run_id, name, path, runs.COMPLETED, metrics=metrics)
+    return RunOutcome(run_id, name, path, runs.COMPLETED, metrics=metrics or None)
 
 
 def _fit_and_evaluate(
@@ -369,17 +371,23 @@ def _fit_and_evaluate(
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     train_frame, val_frame = data_split.subset("train"), data_split.subset("val")
+    # With several replicas only full batches (a partial one can leave a replica empty).
+    full_only = distribute.full_batches_only("training", len(train_frame), global_batch, replicas)
+    distribute.full_batches_only("validation", len(val_frame), global_batch, replicas)
     augmentation = pipeline.Augmentation() if config.augmentation else pipeline.Augmentation.off()
     train_data = distribute.shardable(
         pipeline.make_dataset(
             train_frame, size, batch_size=global_batch, training=True,
             augmentation=augmentation, seed=config.seed, cache=config.cache_images,
+            drop_remainder=full_only,
         )
     )
     val_data = distribute.shardable(
-        pipeline.make_dataset(val_frame, size, batch_size=global_batch, cache=config.cache_images)
+        pipeline.make_dataset(
+            val_frame, size, batch_size=global_batch, cache=config.cache_images, drop_remainder=full_only
+        )
     )
-    steps = math.ceil(len(train_frame) / global_batch)
+    steps = len(train_frame) // global_batch if full_only else math.ceil(len(train_frame) / global_batch)
     class_weight = _class_weights(train_frame)
 
     previous_policy = keras.mixed_precision.global_policy()
@@ -435,7 +443,6 @@ def _fit_and_evaluate(
     )
     checkpoint = training_callbacks.BestCheckpoint(path / runs.MODEL_FILE, best=best)
     started = time.perf_counter()
-    images_seen = 0
     for phase_index, (phase, first_epoch, last_epoch, learning_rate, backbone_trainable) in enumerate(phases):
         done_marker = path / runs.BACKUP_FOLDER / f"phase-{phase_index}-done.weights.h5"
         if done_marker.is_file():
@@ -494,7 +501,6 @@ def _fit_and_evaluate(
             shuffle=False,  # The dataset shuffles itself, seeded, every epoch.
             verbose=0,
         )
-        images_seen += (last_epoch - first_epoch) * len(train_frame)
         token.raise_if_cancelled()
         model.save_weights(done_marker)
 
@@ -517,7 +523,8 @@ def _fit_and_evaluate(
     )
     shutil.rmtree(path / runs.BACKUP_FOLDER, ignore_errors=True)
     if not distribute.is_chief(config.strategy):
-        return {"accuracy": float("nan"), "images": 0}
+        log.write("not the chief worker: the chief evaluates the model")
+        return {}
     return _evaluate(path, listener, None)
 
 

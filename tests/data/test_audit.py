@@ -19,7 +19,7 @@ from kidney_lab.data.audit import (
 )
 from kidney_lab.data.discover import scan_dataset
 from kidney_lab.data.phantom import make_phantom
-from tests.helpers import encode, textured
+from tests.helpers import encode
 
 
 def _names(groups: list[list[str]]) -> list[list[str]]:

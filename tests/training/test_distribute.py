@@ -7,7 +7,6 @@ runtime starts, so a test process that has used TensorFlow cannot split its CPU 
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import subprocess
@@ -51,6 +50,15 @@ def free_ports(count: int) -> list[int]:
             each.close()
 
 
+def check_distribution(info: dict, strategy: str) -> None:
+    """run.json names the strategy, two replicas and the global batch of both."""
+    recorded = (info.get("strategy"), info.get("replicas"), info.get("global_batch_size"))
+    assert recorded == (strategy, REPLICAS, BATCH * REPLICAS), (
+        f"run.json says strategy, replicas, global batch = {recorded}; "
+        f"expected {(strategy, REPLICAS, BATCH * REPLICAS)}"
+    )
+
+
 def tail(path: Path, characters: int = 3000) -> str:
     text = path.read_text(errors="replace") if path.is_file() else "(no output file)"
     # TensorFlow's INFO lines bury the error; keep the rest.
@@ -62,7 +70,8 @@ def tail(path: Path, characters: int = 3000) -> str:
 
 
 def test_an_unknown_strategy_is_refused_with_the_known_names() -> None:
-    with pytest.raises(errors.ConfigError, match="Unknown strategy 'tpu'; use one of auto, one, mirrored, multiworker"):
+    known = "auto, one, mirrored, multiworker"
+    with pytest.raises(errors.ConfigError, match=f"Unknown strategy 'tpu'; use one of {known}"):
         distribute.check_strategy_name("tpu")
 
 
@@ -98,9 +107,8 @@ def test_multiworker_with_an_unusable_tf_config_says_how_to_set_it(
     with pytest.raises(errors.ConfigError, match=message) as caught:
         distribute.check_strategy_name("multiworker")
     # Every refusal shows a TF_CONFIG that would work.
-    assert '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' in str(
-        caught.value
-    ), f"the message does not show a working TF_CONFIG: {caught.value}"
+    example = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+    assert example in str(caught.value), f"the message does not show a working TF_CONFIG: {caught.value}"
     with pytest.raises(errors.ConfigError, match=message):
         distribute.is_chief("multiworker")
 
@@ -121,12 +129,14 @@ def test_the_other_strategies_ignore_tf_config(monkeypatch: pytest.MonkeyPatch) 
         ("worker", 0, True, False),
         ("worker", 1, True, False),
     ],
-    ids=["worker-0-without-chief-job", "worker-1", "chief-task", "worker-0-beside-a-chief", "worker-1-beside-a-chief"],
+    ids=["worker-0-without-chief-job", "worker-1", "chief-task", "worker-0-beside-a-chief",
+         "worker-1-beside-a-chief"],
 )
 def test_is_chief_follows_the_tensorflow_convention(
     kind: str, index: int, with_chief_job: bool, chief: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TF_CONFIG", cluster_config([1111, 2222], kind, index, chief=3333 if with_chief_job else None))
+    chief_port = 3333 if with_chief_job else None
+    monkeypatch.setenv("TF_CONFIG", cluster_config([1111, 2222], kind, index, chief=chief_port))
     assert distribute.is_chief("multiworker") is chief, os.environ["TF_CONFIG"]
 
 
@@ -165,6 +175,19 @@ def test_shardable_shards_by_element_and_keeps_the_elements() -> None:
     assert [batch.tolist() for batch in sharded.as_numpy_iterator()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
+@pytest.mark.parametrize(
+    ("images", "replicas", "full_only"), [(33, 1, False), (3, 1, False), (33, 2, True), (32, 2, True)]
+)
+def test_several_replicas_train_on_full_batches_only(images: int, replicas: int, full_only: bool) -> None:
+    assert distribute.full_batches_only("training", images, 8 if replicas > 1 else 4, replicas) is full_only
+
+
+def test_a_split_smaller_than_one_global_batch_is_refused_with_several_replicas() -> None:
+    with pytest.raises(errors.ConfigError, match="validation split has 7 images, fewer than one global batch of 8 "
+                       r"\(4 per replica on 2 replicas\); use a smaller --batch-size"):
+        distribute.full_batches_only("validation", 7, 8, 2)
+
+
 # --- training ------------------------------------------------------------------------------------
 
 MIRRORED_SCRIPT = """
@@ -179,11 +202,9 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from kidney_lab.training import engine
 
 steps = []
+settings = json.loads(sys.argv[3])
 result = engine.train(
-    engine.TrainConfig(
-        data=Path(sys.argv[1]), models=(sys.argv[3],), epochs=1, image_size=int(sys.argv[4]),
-        weights="none", batch_size=int(sys.argv[5]), strategy="mirrored", workspace=Path(sys.argv[2]),
-    ),
+    engine.TrainConfig(data=Path(sys.argv[1]), workspace=Path(sys.argv[2]), strategy="mirrored", **settings),
     listener=lambda run_id, status: steps.append([status.get("step"), status.get("steps")]),
 )
 print("RESULT " + json.dumps({"result": result.to_dict(), "steps": steps,
@@ -191,12 +212,11 @@ print("RESULT " + json.dumps({"result": result.to_dict(), "steps": steps,
 """
 
 
-def test_mirrored_training_on_two_logical_cpus_uses_both_with_a_scaled_batch(
-    phantom_root: Path, tmp_path: Path
-) -> None:
-    workspace = tmp_path / "workspace"
+def train_mirrored_on_two_cpus(data: Path, workspace: Path, **overrides) -> tuple[dict, runs.RunRecord]:
+    """Train one model with ``mirrored`` on two logical CPUs in a new process; its payload and run."""
+    settings = dict(models=[MODEL], epochs=1, image_size=SIZE, weights="none", batch_size=BATCH, **overrides)
     process = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT, str(phantom_root), str(workspace), MODEL, str(SIZE), str(BATCH)],
+        [sys.executable, "-c", MIRRORED_SCRIPT, str(data), str(workspace), json.dumps(settings)],
         cwd=REPOSITORY, env=dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="1"),
         capture_output=True, text=True, timeout=WORKER_TIMEOUT,
     )
@@ -204,16 +224,20 @@ def test_mirrored_training_on_two_logical_cpus_uses_both_with_a_scaled_batch(
     (line,) = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
     payload = json.loads(line.removeprefix("RESULT "))
     assert payload["cpus"] == REPLICAS, f"the CPU was not split in two: {payload['cpus']} logical CPU devices"
+    (record,) = runs.list_runs(workspace)
+    return payload, record
+
+
+def test_mirrored_training_on_two_logical_cpus_uses_both_with_a_scaled_batch(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    payload, record = train_mirrored_on_two_cpus(phantom_root, tmp_path / "workspace")
     (run,) = payload["result"]["runs"]
     assert run["status"] == runs.COMPLETED, f"the run ended {run['status']}: {run['error']}"
-
-    (record,) = runs.list_runs(workspace)
     info = record.info
-    assert (info["strategy"], info["replicas"], info["global_batch_size"]) == ("mirrored", REPLICAS, BATCH * REPLICAS), (
-        f"run.json: strategy {info['strategy']}, replicas {info['replicas']}, global batch {info['global_batch_size']}"
-    )
-    # An epoch is one pass over the training images in global batches, not per-replica ones.
-    expected_steps = math.ceil(info["split_counts"]["train"] / (BATCH * REPLICAS))
+    check_distribution(info, "mirrored")
+    # An epoch is one pass over the training images in full global batches, not per-replica ones.
+    expected_steps = info["split_counts"]["train"] // (BATCH * REPLICAS)
     reported = {steps for step, steps in payload["steps"] if steps}
     assert reported == {expected_steps}, f"steps per epoch {reported}, expected {expected_steps}"
     assert max(step or 0 for step, _ in payload["steps"]) == expected_steps
@@ -222,6 +246,24 @@ def test_mirrored_training_on_two_logical_cpus_uses_both_with_a_scaled_batch(
     assert [row["epoch"] for row in training_callbacks.read_history(record.path / runs.HISTORY_FILE)] == [1]
 
 
+def test_mirrored_training_survives_a_last_batch_smaller_than_the_replica_count(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    # A random split of the 48 phantoms with these fractions trains on 33 images: four global
+    # batches of 8 and one image, which one replica gets while the other gets none.
+    payload, record = train_mirrored_on_two_cpus(
+        phantom_root, tmp_path / "workspace", split="random", val_fraction=0.15, test_fraction=0.14
+    )
+    counts = record.info["split_counts"]
+    assert counts["train"] % (BATCH * REPLICAS) == 1 and counts["val"] >= BATCH * REPLICAS, (
+        f"the split no longer has the shape this test needs: {counts}"
+    )
+    (run,) = payload["result"]["runs"]
+    assert run["status"] == runs.COMPLETED, f"the run ended {run['status']}: {run['error']}"
+    assert len(pd.read_csv(record.path / runs.PREDICTIONS_FILE)) == counts["test"]
+
+
+@pytest.mark.slow  # About a minute: two TensorFlow processes share the CPU.
 def test_two_local_workers_train_one_run_that_only_the_chief_writes(phantom_root: Path, tmp_path: Path) -> None:
     """Two processes on 127.0.0.1 with the same command and workspace; TF_CONFIG tells them apart."""
     workspace = tmp_path / "workspace"
@@ -246,7 +288,9 @@ def test_two_local_workers_train_one_run_that_only_the_chief_writes(phantom_root
                 "--strategy", "multiworker", "--json", str(results[index]),
             ]
             with out.open("w") as stdout, err.open("w") as stderr:
-                processes.append(subprocess.Popen(command, cwd=REPOSITORY, env=environment, stdout=stdout, stderr=stderr))
+                processes.append(
+                    subprocess.Popen(command, cwd=REPOSITORY, env=environment, stdout=stdout, stderr=stderr)
+                )
 
         def report(headline: str) -> str:
             return headline + "".join(
@@ -278,9 +322,7 @@ def test_two_local_workers_train_one_run_that_only_the_chief_writes(phantom_root
     assert Path(chief_run["path"]) == record.path.resolve()
     assert record.state == runs.COMPLETED and record.status["pid"] == processes[0].pid
     info = record.info
-    assert (info["strategy"], info["replicas"], info["global_batch_size"]) == ("multiworker", REPLICAS, BATCH * REPLICAS), (
-        f"run.json: strategy {info['strategy']}, replicas {info['replicas']}, global batch {info['global_batch_size']}"
-    )
+    check_distribution(info, "multiworker")
     predictions = pd.read_csv(record.path / runs.PREDICTIONS_FILE)
     assert len(predictions) == info["split_counts"]["test"], "predictions.csv does not cover the test split"
     assert (record.path / runs.MODEL_FILE).is_file() and (record.path / runs.METRICS_FILE).is_file()
