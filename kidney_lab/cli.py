@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--per-class", type=_positive_int, default=None, help="phantoms per class (400)")
     demo.add_argument("--size", type=_positive_int, default=None, help="phantom and model input side in pixels (96)")
-    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs per model (4)")
+    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs of every model (default: each model's recipe in kidney_lab/demo.py)")
     demo.add_argument("--models", default="all", help="all (default), or comma-separated registry names")
     demo.add_argument("--seed", type=int, default=None, help="random seed (0)")
     _add_workspace(demo)
@@ -296,7 +296,7 @@ def _run_demo(arguments: argparse.Namespace) -> dict[str, Any]:
     )
     started = time.perf_counter()
     print(f"Demo: {4 * settings.per_class} phantoms ({settings.image_size} px, {settings.field_of_view} view), "
-          f"{len(settings.models)} models, {settings.epochs} epochs each, trained from scratch on this machine.",
+          f"{len(settings.models)} models trained from scratch on this machine, one after the other.",
           file=sys.stderr)
     result = run_demo(settings, arguments.workspace, listener=_TrainingProgress())
     seconds = time.perf_counter() - started

@@ -65,6 +65,10 @@ FINE_TUNE_FACTOR = 0.1
 
 Listener = Callable[[str, dict[str, Any]], None]
 
+# Several models trained in one process trace their own functions; TensorFlow's retracing
+# warning about that is noise on the command line.
+tf.get_logger().setLevel("ERROR")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
