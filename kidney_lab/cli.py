@@ -186,7 +186,30 @@ def _run_split(arguments: argparse.Namespace) -> dict[str, Any]:
     return split.to_dict(manifest.resolve())
 
 
+def _start_tensorflow_quietly() -> None:
+    """Import TensorFlow and look for devices with stderr muted at the file-descriptor level.
+
+    TensorFlow's C++ start-up messages (oneDNN, CUDA stubs, "failed call to cuInit" on a machine
+    without a GPU) are written before its log settings take effect, so they would bury the one
+    line a failing command prints. Python exceptions still propagate.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _run_train(arguments: argparse.Namespace) -> dict[str, Any]:
+    _start_tensorflow_quietly()
     from kidney_lab.models.registry import parse_model_names
     from kidney_lab.training.engine import TrainConfig, train
 
@@ -263,6 +286,7 @@ class _TrainingProgress:
 
 
 def _run_models(arguments: argparse.Namespace) -> dict[str, Any]:
+    _start_tensorflow_quietly()
     from kidney_lab.models.registry import REGISTRY, describe
 
     print(f"{'name':<15} {'model':<19} {'size':>4} {'min':>4}  {'Grad-CAM layer':<18} preprocessing")
@@ -282,6 +306,8 @@ def _run_fetch(arguments: argparse.Namespace) -> dict[str, Any]:
 
 def _run_demo(arguments: argparse.Namespace) -> dict[str, Any]:
     import dataclasses
+
+    _start_tensorflow_quietly()
 
     from kidney_lab.demo import DemoSettings, run_demo, summary
     from kidney_lab.models.registry import parse_model_names
