@@ -379,16 +379,9 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
 
 
 def describe(spec: ModelSpec) -> dict[str, Any]:
-    """The spec as plain data (for run.json, the CLI and the app)."""
+    """The spec as plain data (for run.json, the CLI and the app): every fact but the builder."""
     return {
-        "name": spec.name,
-        "display_name": spec.display_name,
-        "family": spec.family,
-        "default_size": spec.default_size,
-        "min_size": spec.min_size,
-        "size_multiple": spec.size_multiple,
-        "preprocessing": spec.preprocessing,
-        "cam_layer": spec.cam_layer,
-        "imagenet_weights": spec.imagenet_weights,
-        "reference": spec.reference,
+        field.name: getattr(spec, field.name)
+        for field in dataclasses.fields(spec)
+        if field.name != "build_backbone"
     }

@@ -89,7 +89,7 @@ class TrainConfig:
         val_fraction, test_fraction: shares of the images for validation and test.
         patience: epochs without a lower validation loss before early stopping.
         head_epochs: with pretrained weights, epochs of the head phase (default a third).
-        batchnorm_momentum: momentum of BatchNormalization layers when training from scratch.
+        batchnorm_momentum: momentum of BatchNormalization layers (it matters only from scratch).
         mixed_precision: float16 compute (head in float32); None turns it on only on a GPU.
         xla: compile training steps with XLA; None turns it on only on a GPU.
         strategy: ``auto``, ``one``, ``mirrored`` or ``multiworker`` (see
@@ -402,7 +402,9 @@ def _fit_and_evaluate(
                 name,
                 image_size=size,
                 weights=config.weights,
-                batchnorm_momentum=config.batchnorm_momentum if config.weights == "none" else None,
+                # With pretrained weights BatchNormalization is never trained (frozen backbone,
+                # then inference mode), so the momentum only matters from scratch.
+                batchnorm_momentum=config.batchnorm_momentum,
             )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -410,11 +412,6 @@ def _fit_and_evaluate(
     if built.weights_note:
         log.write(f"warning: {built.weights_note}")
     pretrained = built.weights == registry.WEIGHTS_IMAGENET
-    if not pretrained and config.weights != "none":
-        # Random initialisation after all: use the from-scratch BatchNorm momentum too.
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = config.batchnorm_momentum
     runs.update_run_info(
         path,
         weights=built.weights,
