@@ -52,3 +52,41 @@ def isolated_workspace(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     workspace = tmp_path_factory.mktemp("workspace")
     monkeypatch.setenv("KIDNEY_LAB_WORKSPACE", str(workspace))
     return workspace
+
+
+class TinyStudy:
+    """A finished study of all five models, trained for one epoch at a tiny size.
+
+    Attributes:
+        data: the phantom dataset it was trained on.
+        workspace: its workspace (shared, read-only for tests: copy a run before changing it).
+        study_id: the study id.
+        runs: registry name -> run folder.
+    """
+
+    # The smallest size all five accept: InceptionV3 needs 75 px, the ViT a multiple of its patch (16).
+    IMAGE_SIZE = 80
+
+    def __init__(self, data: Path, workspace: Path, study_id: str, runs: dict[str, Path]) -> None:
+        self.data, self.workspace, self.study_id, self.runs = data, workspace, study_id, runs
+
+
+@pytest.fixture(scope="session")
+def tiny_study(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
+    """All five models trained once per session (one epoch, random weights, 80 px).
+
+    The models are barely trained: use it for files, shapes, pages and error paths, never
+    to assert that a model is accurate.
+    """
+    from kidney_lab.training import engine
+
+    workspace = tmp_path_factory.mktemp("tiny-study")
+    result = engine.train(
+        engine.TrainConfig(
+            data=phantom_root, epochs=1, image_size=TinyStudy.IMAGE_SIZE, weights="none",
+            batch_size=16, workspace=workspace, augmentation=False, patience=1,
+        )
+    )
+    failed = [run.model for run in result.runs if run.status != "completed"]
+    assert not failed, f"tiny study runs did not complete: {failed}"
+    return TinyStudy(phantom_root, workspace, result.study_id, {run.model: run.path for run in result.runs})
