@@ -1,15 +1,23 @@
-"""Predict a run's test images and store what was predicted and what it scores.
+"""Predict a run's test images, or any folder in the Kaggle layout, and store what it scores.
 
-``evaluate_run`` writes the two files of the run-folder contract (see DESIGN.md):
-``predictions.csv`` (one row per image) and ``metrics.json`` (everything derived from it).
+:func:`evaluate` writes the two files of the run-folder contract (see DESIGN.md):
+``predictions.csv`` (one row per image) and ``metrics.json`` (everything derived from it, plus
+facts about the model and its training). The run's own test split goes to the run folder; an
+external folder goes to ``<run>/external/<fingerprint>/`` (see
+:mod:`kidney_lab.evaluation.store`), so the run's test results are never overwritten.
+
 Images are predicted in a fixed order and every prediction is stored next to its own path and
 true label, so the metrics cannot be computed from predictions and labels that do not belong
-to each other.
+to each other. Everything is computed before anything is written, so a failure leaves the
+stored files as they were.
 """
 
 from __future__ import annotations
 
+import datetime
+import math
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -17,17 +25,28 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from kidney_lab import errors
 from kidney_lab import fileio
 from kidney_lab import runs
+from kidney_lab import workspace as workspace_module
+from kidney_lab.data import audit as audit_module
 from kidney_lab.data import classes
+from kidney_lab.data import discover
 from kidney_lab.data import pipeline
 from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import metrics as metrics_module
+from kidney_lab.evaluation import store
 from kidney_lab.models import registry
+from kidney_lab.training import callbacks as training_callbacks
 
 EVALUATION_BATCH_SIZE = 32
+# Inference time is the median of this many warm calls, at each of these batch sizes.
+TIMING_REPEATS = 5
+TIMING_BATCH_SIZES = (1, 32)
+# What run.json must say to evaluate the run's own test split.
+_TEST_SPLIT_FIELDS = ("model", "image_size", "split_id", "workspace", "data_root")
 
 
 def predict_frame(
@@ -61,46 +80,282 @@ def predict_frame(
     return table
 
 
-def evaluate_run(run_dir: str | os.PathLike[str], model: keras.Model | None = None) -> dict[str, Any]:
-    """Predict the run's own test split and store ``predictions.csv`` and ``metrics.json``.
+def evaluate(
+    run: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    *,
+    workspace: str | os.PathLike[str] | None = None,
+    model: keras.Model | None = None,
+) -> dict[str, Any]:
+    """Predict the run's test split, or the folder ``data``, and store predictions and metrics.
 
     Args:
-        run_dir: a run folder with ``run.json`` (naming its split) and ``model.keras``.
+        run: a run folder, or a run id looked up in ``workspace``.
+        data: None for the run's own test split (stored in the run folder); a dataset folder in
+            the Kaggle layout (or a folder above it) to evaluate every usable image in it
+            (stored under ``<run>/external/<fingerprint>/``).
+        workspace: where a run id is looked up (default: the default workspace).
         model: the loaded model, to skip loading it again; by default ``model.keras`` is loaded
             with ``safe_mode=True``.
 
     Returns:
-        The metrics that were stored.
+        The metrics that were stored: those of :func:`metrics.compute_metrics`, plus
+        ``run_id``, ``model``, ``display_name``, ``evaluated_on`` (``"test"`` or the
+        fingerprint), ``split_kind`` (``"random"``, ``"grouped"`` or ``"external"``), ``data``,
+        ``fingerprint``, ``test_with_duplicate_in_train`` (``None`` with ``duplicate_check``
+        saying why when it cannot be counted), model facts (``parameters``, ``model_bytes``,
+        ``image_size``, ``ms_per_image_batch_1``, ``ms_per_image_batch_32``), training facts
+        (``train_seconds``, ``epochs``, ``kept_epoch`` with the train and validation accuracy
+        and loss of the epoch of lowest validation loss), ``predictions`` and ``metrics``
+        (absolute paths of the stored files).
 
     Raises:
+        kidney_lab.runs.RunNotFoundError: no run there.
+        kidney_lab.runs.RunBusyError: the run is still training in another process.
         kidney_lab.models.registry.ModelLoadError: no usable model file.
+        kidney_lab.errors.DatasetError: ``data`` is not a usable dataset, or has a class folder
+            the model does not know; the run's test images are missing.
         kidney_lab.errors.SplitError: the run's split cannot be read.
+        store.EvaluationError: run.json lacks what evaluation needs, or its class list is not
+            the one kidney_lab predicts.
     """
-    folder = Path(run_dir)
-    info = fileio.read_json(folder / runs.RUN_FILE)
-    workspace = Path(info["workspace"])
-    data_split = split_module.load_split(workspace, info["split_id"], root=info["data_root"])
+    folder = runs.resolve_run(run, workspace)
+    record = runs.read_run(folder)
+    if record.state == runs.BROKEN:
+        raise runs.RunNotFoundError(f"Run folder {folder} cannot be read: {record.problem}.")
+    if record.is_active and record.status.get("pid") != os.getpid():
+        raise runs.RunBusyError(
+            f"Run {record.run_id} is still {record.state} (process {record.status.get('pid')}); "
+            "evaluate it when training has finished."
+        )
+    info = record.info
+    _check_run_info(info, ("model", "image_size") if data is not None else _TEST_SPLIT_FIELDS)
+    model_file = folder / runs.MODEL_FILE
+    if not model_file.is_file():
+        raise registry.ModelLoadError(
+            f"Run {record.run_id} has no {runs.MODEL_FILE} (its training did not keep a "
+            "checkpoint); train it again before evaluating."
+        )
+    image_size = int(info["image_size"])
+    if data is None:
+        frame, context = _test_split(info)
+    else:
+        frame, context = _external_folder(folder, info, data)
+    if model is None:
+        model = registry.load_model(model_file, model_name=info["model"], image_size=image_size)
+    started = time.perf_counter()
+    table = predict_frame(model, frame, image_size)
+    seconds = time.perf_counter() - started
+
+    result = metrics_module.compute_metrics(table)
+    spec = registry.get_spec(info["model"])
+    result.update(
+        {
+            "run_id": record.run_id,
+            "model": spec.name,
+            "display_name": spec.display_name,
+            "study_id": info.get("study_id"),
+            **context,
+            "evaluated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "prediction_seconds": round(seconds, 3),
+            **_model_facts(model, model_file, image_size),
+            **_training_facts(folder, info),
+        }
+    )
+    destination = store.evaluation_folder(folder, context["evaluated_on"])
+    result["predictions"] = str((destination / runs.PREDICTIONS_FILE).absolute())
+    result["metrics"] = str((destination / runs.METRICS_FILE).absolute())
+    with fileio.atomic_path(destination / runs.PREDICTIONS_FILE) as temporary:
+        table.to_csv(temporary, index=False)
+    fileio.atomic_write_json(destination / runs.METRICS_FILE, result)
+    return result
+
+
+def evaluate_run(run_dir: str | os.PathLike[str], model: keras.Model | None = None) -> dict[str, Any]:
+    """Evaluate a run on its own test split (what training does when it ends); see :func:`evaluate`."""
+    return evaluate(run_dir, model=model)
+
+
+def _check_run_info(info: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Refuse a run.json without the fields evaluation needs, or with other classes."""
+    missing = [field for field in fields if info.get(field) is None]
+    if missing:
+        raise store.EvaluationError(
+            f"The run.json of run {info.get('run_id')} lacks {', '.join(missing)}; it was not "
+            "written by kidney_lab's training, so the run cannot be evaluated."
+        )
+    stored = info.get("class_names")
+    if stored is not None and list(stored) != list(classes.CLASS_NAMES):
+        raise store.EvaluationError(
+            f"Run {info.get('run_id')} predicts the classes {', '.join(map(str, stored))}, but "
+            f"kidney_lab evaluates {', '.join(classes.CLASS_NAMES)} in that order; its "
+            "predictions cannot be scored against these labels."
+        )
+
+
+def _test_split(info: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The run's test rows and what the metrics say about them."""
+    data_split = split_module.load_split(info["workspace"], info["split_id"], root=info["data_root"])
     test = data_split.subset("test")
     if test.empty:
         raise errors.SplitError(f"Split {info['split_id']} has no test images.")
-    if model is None:
-        model = registry.load_model(folder / runs.MODEL_FILE)
-    started = time.perf_counter()
-    table = predict_frame(model, test, int(info["image_size"]))
-    seconds = time.perf_counter() - started
-    result = metrics_module.compute_metrics(table)
-    result.update(
-        {
-            "run_id": info.get("run_id"),
-            "model": info.get("model"),
-            "evaluated_on": "test",
-            "split_id": info["split_id"],
-            "split_strategy": data_split.strategy,
-            "test_with_duplicate_in_train": data_split.leakage("test")["exact_or_near"],
-            "prediction_seconds": seconds,
-        }
+    missing = [path for path in test["path"] if not os.path.isfile(path)]
+    if missing:
+        raise errors.DatasetError(
+            f"{len(missing)} of the {len(test)} test images of split {data_split.split_id} are "
+            f"missing (such as {missing[0]}); the dataset at {data_split.root} moved or changed."
+        )
+    leakage = data_split.leakage("test")
+    return test, {
+        "evaluated_on": store.TEST_SOURCE,
+        "split_kind": data_split.strategy,
+        "split_id": data_split.split_id,
+        "split_strategy": data_split.strategy,
+        "data": str(data_split.root),
+        "fingerprint": data_split.fingerprint,
+        "test_with_duplicate_in_train": leakage["exact_or_near"],
+        "test_with_exact_duplicate_in_train": leakage["exact"],
+        "duplicate_check": (
+            f"test images with the same MD5 as, or in one near-duplicate cluster (perceptual hash "
+            f"within {data_split.threshold} bits) with, a training image"
+        ),
+    }
+
+
+def _external_folder(
+    folder: Path, info: dict[str, Any], data: str | os.PathLike[str]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Every usable image of an external dataset folder and what the metrics say about it."""
+    cache = _scan_cache(folder)
+    scan = discover.scan_dataset(data, cache=cache)
+    unknown = _unknown_class_folders(scan)
+    if unknown:
+        raise errors.DatasetError(
+            f"{scan.root} has the folder(s) {', '.join(unknown)} holding images of a class the "
+            f"model does not know; it predicts only {', '.join(classes.CLASS_NAMES)}. Move those "
+            "folders out, or evaluate a folder with these classes only."
+        )
+    overlap, reason = _training_overlap(scan, info, cache)
+    frame = scan.table[["path", "label", "format", "mode"]]
+    return frame, {
+        "evaluated_on": scan.fingerprint,
+        "split_kind": store.EXTERNAL_KIND,
+        "split_id": info.get("split_id"),
+        "data": str(scan.root),
+        "fingerprint": scan.fingerprint,
+        "same_dataset_as_training": scan.fingerprint == info.get("dataset_fingerprint"),
+        "skipped_images": scan.skipped[["path", "reason"]].to_dict(orient="records"),
+        "test_with_duplicate_in_train": overlap,
+        "duplicate_check": reason,
+    }
+
+
+def _scan_cache(folder: Path) -> Path | None:
+    """The scan cache of the workspace the run lives in, if there is one."""
+    cache = folder.parent / workspace_module.CACHE_FOLDER
+    return cache if cache.is_dir() else None
+
+
+def _unknown_class_folders(scan: discover.DatasetScan) -> list[str]:
+    """Sub-folders of the dataset root that hold images but are not a class folder."""
+    known = {path.resolve() for path in scan.class_folders.values()}
+    unknown = []
+    for child in sorted(scan.root.iterdir()):
+        if child.name.startswith(".") or not child.is_dir() or child.resolve() in known:
+            continue
+        if any(
+            path.suffix.lower() in discover.IMAGE_EXTENSIONS
+            for path in child.rglob("*")
+            if path.is_file()
+        ):
+            unknown.append(child.name)
+    return unknown
+
+
+def _training_overlap(
+    scan: discover.DatasetScan, info: dict[str, Any], cache: Path | None
+) -> tuple[int | None, str]:
+    """How many images of ``scan`` duplicate a training image of the run, and how that was found.
+
+    An image counts when its MD5 equals a training image's or when it falls into one
+    near-duplicate cluster with one (the audit's perceptual hash and threshold, single
+    linkage over the training and the external images together), which is how a split counts
+    its test images with a duplicate in train.
+    """
+    try:
+        data_split = split_module.load_split(info["workspace"], info["split_id"], root=info["data_root"])
+    except (errors.SplitError, KeyError) as error:
+        return None, f"not counted: the run's split cannot be read ({error})"
+    train = data_split.subset("train")
+    exact = scan.table["md5"].isin(set(train["md5"])).to_numpy()
+    try:
+        training_scan = discover.scan_dataset(data_split.root, cache=cache)
+    except errors.DatasetError as error:
+        return None, (
+            f"not counted: {int(exact.sum())} images have the MD5 of a training image, but the "
+            f"training images cannot be read for near duplicates ({error})"
+        )
+    hashes = training_scan.table.set_index("path")["phash"]
+    train_hashes = hashes.reindex(train["path"]).dropna().tolist()
+    external_hashes = scan.table["phash"].tolist()
+    bits = audit_module.hashes_to_bits(train_hashes + external_hashes)
+    clusters = audit_module.cluster_hashes(bits, data_split.threshold)
+    train_clusters = set(clusters[: len(train_hashes)].tolist())
+    near = np.isin(clusters[len(train_hashes):], list(train_clusters))
+    return int((exact | near).sum()), (
+        f"images with the MD5 of one of the run's {len(train)} training images, or in one "
+        f"near-duplicate cluster (perceptual hash within {data_split.threshold} bits) with one"
     )
-    with fileio.atomic_path(folder / runs.PREDICTIONS_FILE) as temporary:
-        table.to_csv(temporary, index=False)
-    fileio.atomic_write_json(folder / runs.METRICS_FILE, result)
-    return result
+
+
+def _model_facts(model: keras.Model, model_file: Path, image_size: int) -> dict[str, Any]:
+    """Parameters, file size and warm inference time per image of the model."""
+    facts: dict[str, Any] = {
+        "parameters": int(model.count_params()),
+        "model_bytes": model_file.stat().st_size,
+        "image_size": image_size,
+        "timing_device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
+        "timing_repeats": TIMING_REPEATS,
+    }
+    for batch in TIMING_BATCH_SIZES:
+        facts[f"ms_per_image_batch_{batch}"] = round(
+            _inference_seconds(model, image_size, batch) * 1000.0 / batch, 3
+        )
+    return facts
+
+
+def _inference_seconds(model: keras.Model, image_size: int, batch: int) -> float:
+    """Median wall time of a warm ``predict_on_batch`` of ``batch`` images (seconds)."""
+    images = np.full((batch, image_size, image_size, 3), 127.0, dtype=np.float32)
+    model.predict_on_batch(images)
+    times = []
+    for _ in range(TIMING_REPEATS):
+        started = time.perf_counter()
+        model.predict_on_batch(images)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _training_facts(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Training time, epochs and the kept epoch (lowest validation loss) from the run's files."""
+    history = training_callbacks.read_history(folder / runs.HISTORY_FILE)
+    scored = [row for row in history if _finite(row.get("val_loss"))]
+    kept = min(scored, key=lambda row: row["val_loss"]) if scored else None
+    return {
+        "train_seconds": info.get("train_seconds"),
+        "epochs": info.get("epochs_trained", len(history) or None),
+        "weights": info.get("weights"),
+        "kept_epoch": None if kept is None else {
+            "epoch": kept.get("epoch"),
+            "phase": kept.get("phase"),
+            "train_accuracy": kept.get("accuracy"),
+            "train_loss": kept.get("loss"),
+            "val_accuracy": kept.get("val_accuracy"),
+            "val_loss": kept.get("val_loss"),
+            "rule": "the epoch with the lowest validation loss in history.csv (its checkpoint is model.keras)",
+        },
+    }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)

@@ -4,6 +4,13 @@ A predictions table has one row per image: ``path``, ``true_label``, ``predicted
 probability column per class, ``prob_<Class>``, in the order of
 :data:`kidney_lab.data.classes.CLASS_NAMES`. Every number a user sees is derived from such a
 table, never from the order in which a data generator happened to yield images.
+
+Besides the counts-based scores (accuracy, per-class precision, recall, specificity, F1) the
+table's probabilities give one-vs-rest ROC and precision-recall curves, the expected
+calibration error with its reliability bins, and the cross-entropy loss. Percentile bootstrap
+intervals for accuracy and macro F1 resample whole rows (images) with a fixed seed, so the same
+table always gets the same interval; the resamples are counted with one ``bincount`` per chunk
+instead of a Python loop, so 2,000 resamples of 2,000 images take a fraction of a second.
 """
 
 from __future__ import annotations
@@ -25,6 +32,17 @@ PREDICTION_COLUMNS = ("path", "true_label", "predicted_label") + tuple(
 # Probabilities are clipped to [EPSILON, 1] before the log of the cross-entropy.
 EPSILON = 1e-7
 
+# A stored predicted label must carry the highest probability of its row, within this much
+# (ties and the rounding of a CSV round trip).
+ARGMAX_TOLERANCE = 1e-6
+
+CALIBRATION_BINS = 10
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CONFIDENCE_LEVEL = 0.95
+# Resampled rows counted at once by the bootstrap (bounds its memory to a few tens of MB).
+_BOOTSTRAP_CHUNK_ROWS = 4_000_000
+
 
 class PredictionsError(errors.KidneyLabError, ValueError):
     """A predictions table is missing columns or holds values that cannot be predictions."""
@@ -40,7 +58,8 @@ def check_predictions(table: pd.DataFrame, source: str = "predictions") -> pd.Da
 
     Raises:
         PredictionsError: a missing column, an unknown label, a probability outside [0, 1] or
-            not a number, rows whose probabilities do not sum to 1, or no rows.
+            not a number, rows whose probabilities do not sum to 1, a predicted label that is
+            not the most probable class of its row, a path listed twice, or no rows.
     """
     missing = [column for column in PREDICTION_COLUMNS if column not in table.columns]
     if missing:
@@ -60,18 +79,48 @@ def check_predictions(table: pd.DataFrame, source: str = "predictions") -> pd.Da
         raise PredictionsError(f"{source} has probabilities that are not numbers in [0, 1].")
     if not np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
         raise PredictionsError(f"{source} has rows whose class probabilities do not sum to 1.")
+    predicted = _class_indices(table["predicted_label"])
+    picked = values[np.arange(len(values)), predicted]
+    disagreeing = int((picked < values.max(axis=1) - ARGMAX_TOLERANCE).sum())
+    if disagreeing:
+        raise PredictionsError(
+            f"{source} has {disagreeing} row(s) whose predicted_label is not the class with the "
+            "highest probability."
+        )
+    repeated = table["path"].astype(str).duplicated()
+    if repeated.any():
+        raise PredictionsError(
+            f"{source} lists {int(repeated.sum())} path(s) more than once, such as "
+            f"{table['path'].astype(str)[repeated].iloc[0]}; each image must have one row."
+        )
     return table
 
 
-def compute_metrics(table: pd.DataFrame) -> dict[str, Any]:
+def compute_metrics(
+    table: pd.DataFrame,
+    *,
+    bins: int = CALIBRATION_BINS,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Any]:
     """Classification metrics of a predictions table.
+
+    Args:
+        table: a predictions table.
+        bins: equal-width bins of top-class confidence for the calibration error.
+        resamples: bootstrap resamples for the confidence intervals.
+        seed: seed of the bootstrap.
 
     Returns:
         ``images``, ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``weighted_f1``,
         ``loss`` (mean categorical cross-entropy of the stored probabilities, nats),
-        ``per_class`` (precision, recall = sensitivity, specificity, F1 and support per class),
-        ``macro`` and ``weighted`` averages, and ``confusion_matrix`` (rows true, columns
-        predicted, in ``classes`` order).
+        ``per_class`` (precision, recall = sensitivity, specificity, F1, support, one-vs-rest
+        ROC AUC and average precision per class; the last two ``None`` for a class without
+        positives or without negatives), ``macro`` and ``weighted`` averages (AUC and AP
+        averaged over the classes where they are defined), ``macro_roc_auc``,
+        ``macro_average_precision``, ``confusion_matrix`` (rows true, columns predicted, in
+        ``classes`` order), ``ece`` and ``calibration`` (see :func:`reliability`) and
+        ``intervals`` (see :func:`bootstrap_intervals`).
 
     Raises:
         PredictionsError: see :func:`check_predictions`.
@@ -80,14 +129,16 @@ def compute_metrics(table: pd.DataFrame) -> dict[str, Any]:
     names = list(classes.CLASS_NAMES)
     truth = table["true_label"].astype(str).to_numpy()
     predicted = table["predicted_label"].astype(str).to_numpy()
-    probabilities = table[probability_columns()].to_numpy(dtype=float)
-    true_index = np.array([names.index(label) for label in truth])
+    probabilities = _probabilities(table)
+    true_index = _class_indices(table["true_label"])
     matrix = sklearn.metrics.confusion_matrix(truth, predicted, labels=names)
     precision, recall, f1, support = sklearn.metrics.precision_recall_fscore_support(
         truth, predicted, labels=names, zero_division=0
     )
+    roc = _roc_curves(table)
+    precision_recall = _pr_curves(table)
     total = matrix.sum()
-    per_class: dict[str, dict[str, float | int]] = {}
+    per_class: dict[str, dict[str, float | int | None]] = {}
     for index, name in enumerate(names):
         true_negative = total - matrix[index, :].sum() - matrix[:, index].sum() + matrix[index, index]
         negatives = total - matrix[index, :].sum()
@@ -97,16 +148,23 @@ def compute_metrics(table: pd.DataFrame) -> dict[str, Any]:
             "specificity": float(true_negative / negatives) if negatives else 0.0,
             "f1": float(f1[index]),
             "support": int(support[index]),
+            "roc_auc": roc[name]["auc"],
+            "average_precision": precision_recall[name]["average_precision"],
         }
     present = support > 0
     weights = support / support.sum()
-    averages = {}
+    averages: dict[str, dict[str, float | None]] = {}
     for average, weight in (("macro", None), ("weighted", weights)):
         averages[average] = {
             key: float(np.average([per_class[name][key] for name in names], weights=weight))
             for key in ("precision", "recall", "specificity", "f1")
         }
+        for key in ("roc_auc", "average_precision"):
+            averages[average][key] = _defined_average(
+                [per_class[name][key] for name in names], None if weight is None else weight
+            )
     picked = probabilities[np.arange(len(true_index)), true_index]
+    calibration = _reliability(table, bins)
     return {
         "classes": names,
         "images": int(len(table)),
@@ -114,9 +172,227 @@ def compute_metrics(table: pd.DataFrame) -> dict[str, Any]:
         "balanced_accuracy": float(np.mean(recall[present])) if present.any() else 0.0,
         "macro_f1": averages["macro"]["f1"],
         "weighted_f1": averages["weighted"]["f1"],
+        "macro_roc_auc": averages["macro"]["roc_auc"],
+        "macro_average_precision": averages["macro"]["average_precision"],
         "loss": float(-np.mean(np.log(np.clip(picked, EPSILON, 1.0)))),
+        "ece": calibration["ece"],
         "per_class": per_class,
         "macro": averages["macro"],
         "weighted": averages["weighted"],
         "confusion_matrix": matrix.tolist(),
+        "calibration": calibration,
+        "intervals": _bootstrap_intervals(table, resamples, seed, CONFIDENCE_LEVEL),
     }
+
+
+def roc_curves(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """One-vs-rest ROC curves of every class (sklearn ``roc_curve``).
+
+    Returns:
+        For each class in class order: ``fpr``, ``tpr``, ``thresholds`` (numpy arrays, empty
+        when the curve is undefined: the class has no positives or no negatives) and ``auc``
+        (float or ``None``).
+
+    Raises:
+        PredictionsError: see :func:`check_predictions`.
+    """
+    return _roc_curves(check_predictions(table))
+
+
+def pr_curves(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """One-vs-rest precision-recall curves of every class (sklearn ``precision_recall_curve``).
+
+    Returns:
+        For each class in class order: ``precision``, ``recall``, ``thresholds`` (numpy arrays,
+        empty when the class has no positives), ``average_precision`` (float or ``None``) and
+        ``prevalence`` (the share of positives: the precision of a classifier that guesses).
+
+    Raises:
+        PredictionsError: see :func:`check_predictions`.
+    """
+    return _pr_curves(check_predictions(table))
+
+
+def reliability(table: pd.DataFrame, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Reliability bins and expected calibration error (ECE) of the top-class confidence.
+
+    The confidence of a row is its highest probability; it is correct when its predicted label
+    is its true label. Bin ``i`` of ``bins`` equal-width bins holds confidences in
+    ``(i / bins, (i + 1) / bins]`` (the first bin also holds 0). ECE is the mean over bins of
+    ``|accuracy - mean confidence|`` weighted by the share of rows in the bin (Guo et al.,
+    2017).
+
+    Returns:
+        ``ece``, ``bins`` (the count), ``images`` and ``reliability``: one dict per bin with
+        ``lower``, ``upper``, ``count``, ``mean_confidence`` and ``accuracy`` (both ``None``
+        for an empty bin).
+
+    Raises:
+        PredictionsError: see :func:`check_predictions`; ``bins`` below 1.
+    """
+    return _reliability(check_predictions(table), bins)
+
+
+def bootstrap_intervals(
+    table: pd.DataFrame,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = CONFIDENCE_LEVEL,
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals for accuracy and macro F1.
+
+    Each resample draws as many rows as the table has, with replacement, from a NumPy
+    generator seeded with ``seed``. Rows are put in path order first, so the interval depends
+    on which image got which prediction, never on the order of the rows. A resample's macro F1
+    is the mean over all classes of ``2 TP / (2 TP + FP + FN)`` (0 when that is 0/0), exactly
+    what :func:`compute_metrics` reports for a table.
+
+    Returns:
+        ``accuracy`` and ``macro_f1`` as ``[low, high]``, and ``level``, ``resamples``,
+        ``seed`` and ``method``.
+
+    Raises:
+        PredictionsError: see :func:`check_predictions`; ``resamples`` below 1 or ``level``
+            outside (0, 1).
+    """
+    return _bootstrap_intervals(check_predictions(table), resamples, seed, level)
+
+
+def _roc_curves(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    true_index = _class_indices(table["true_label"])
+    probabilities = _probabilities(table)
+    result: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(classes.CLASS_NAMES):
+        positive = true_index == index
+        if positive.all() or not positive.any():
+            empty = np.zeros(0)
+            result[name] = {"fpr": empty, "tpr": empty, "thresholds": empty, "auc": None}
+            continue
+        fpr, tpr, thresholds = sklearn.metrics.roc_curve(positive, probabilities[:, index])
+        result[name] = {
+            "fpr": fpr,
+            "tpr": tpr,
+            "thresholds": thresholds,
+            "auc": float(sklearn.metrics.roc_auc_score(positive, probabilities[:, index])),
+        }
+    return result
+
+
+def _pr_curves(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    true_index = _class_indices(table["true_label"])
+    probabilities = _probabilities(table)
+    result: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(classes.CLASS_NAMES):
+        positive = true_index == index
+        prevalence = float(positive.mean())
+        if not positive.any():
+            empty = np.zeros(0)
+            result[name] = {
+                "precision": empty, "recall": empty, "thresholds": empty,
+                "average_precision": None, "prevalence": prevalence,
+            }
+            continue
+        precision, recall, thresholds = sklearn.metrics.precision_recall_curve(
+            positive, probabilities[:, index]
+        )
+        result[name] = {
+            "precision": precision,
+            "recall": recall,
+            "thresholds": thresholds,
+            "average_precision": float(
+                sklearn.metrics.average_precision_score(positive, probabilities[:, index])
+            ),
+            "prevalence": prevalence,
+        }
+    return result
+
+
+def _reliability(table: pd.DataFrame, bins: int) -> dict[str, Any]:
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise PredictionsError(f"The number of calibration bins must be at least 1; got {bins!r}.")
+    probabilities = _probabilities(table)
+    confidence = probabilities.max(axis=1)
+    correct = _class_indices(table["predicted_label"]) == _class_indices(table["true_label"])
+    # Rounding first puts a confidence of exactly 0.7 into (0.6, 0.7], as written, whatever the
+    # last bit of 0.7 * 10 in floating point.
+    which = np.clip(np.ceil(np.round(confidence * bins, 9)).astype(int) - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    confidence_sums = np.bincount(which, weights=confidence, minlength=bins)
+    correct_sums = np.bincount(which, weights=correct.astype(float), minlength=bins)
+    rows = []
+    gap = 0.0
+    for index in range(bins):
+        count = int(counts[index])
+        mean_confidence = float(confidence_sums[index] / count) if count else None
+        accuracy = float(correct_sums[index] / count) if count else None
+        if count:
+            gap += count / len(table) * abs(accuracy - mean_confidence)
+        rows.append(
+            {
+                "lower": index / bins,
+                "upper": (index + 1) / bins,
+                "count": count,
+                "mean_confidence": mean_confidence,
+                "accuracy": accuracy,
+            }
+        )
+    return {"ece": float(gap), "bins": bins, "images": int(len(table)), "reliability": rows}
+
+
+def _bootstrap_intervals(table: pd.DataFrame, resamples: int, seed: int, level: float) -> dict[str, Any]:
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise PredictionsError(f"The bootstrap needs at least 1 resample; got {resamples!r}.")
+    if not 0 < level < 1:
+        raise PredictionsError(f"The confidence level must be between 0 and 1; got {level!r}.")
+    count = len(classes.CLASS_NAMES)
+    truth = _class_indices(table["true_label"])
+    predicted = _class_indices(table["predicted_label"])
+    cells = (truth * count + predicted)[np.argsort(table["path"].astype(str).to_numpy(), kind="stable")]
+    rows = len(cells)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CHUNK_ROWS // rows)
+    accuracy = np.empty(resamples)
+    macro_f1 = np.empty(resamples)
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        drawn = cells[rng.integers(0, rows, size=(size, rows))]
+        offsets = np.arange(size)[:, None] * (count * count)
+        matrices = np.bincount((drawn + offsets).ravel(), minlength=size * count * count)
+        matrices = matrices.reshape(size, count, count)
+        true_positive = np.diagonal(matrices, axis1=1, axis2=2)
+        denominator = matrices.sum(axis=1) + matrices.sum(axis=2)
+        f1 = np.divide(2 * true_positive, denominator, out=np.zeros(true_positive.shape), where=denominator > 0)
+        accuracy[start:start + size] = true_positive.sum(axis=1) / rows
+        macro_f1[start:start + size] = f1.mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return {
+        "accuracy": [float(value) for value in np.percentile(accuracy, [tail, 100 - tail])],
+        "macro_f1": [float(value) for value in np.percentile(macro_f1, [tail, 100 - tail])],
+        "level": level,
+        "resamples": resamples,
+        "seed": seed,
+        "method": "percentile bootstrap over images",
+    }
+
+
+def _class_indices(labels: pd.Series) -> np.ndarray:
+    """The class index of each label (labels already checked)."""
+    lookup = {name: index for index, name in enumerate(classes.CLASS_NAMES)}
+    return labels.astype(str).map(lookup).to_numpy(dtype=np.int64)
+
+
+def _probabilities(table: pd.DataFrame) -> np.ndarray:
+    """The probability columns as a float matrix, in class order."""
+    return pd.DataFrame(table[probability_columns()]).apply(pd.to_numeric).to_numpy(dtype=float)
+
+
+def _defined_average(values: list[float | int | None], weights: np.ndarray | None) -> float | None:
+    """The (weighted) mean of the values that are not ``None``; ``None`` if none is."""
+    defined = [index for index, value in enumerate(values) if value is not None]
+    if not defined:
+        return None
+    chosen = None if weights is None else weights[defined]
+    if chosen is not None and chosen.sum() == 0:
+        return None
+    return float(np.average([values[index] for index in defined], weights=chosen))

@@ -354,11 +354,19 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
             layer.trainable = trainable
 
 
-def load_model(path: str | os.PathLike[str]) -> keras.Model:
+def load_model(
+    path: str | os.PathLike[str], *, model_name: str | None = None, image_size: int | None = None
+) -> keras.Model:
     """Load a saved classifier with ``safe_mode=True`` (no Lambda layers, no arbitrary code).
 
+    Args:
+        path: the ``.keras`` file.
+        model_name: when given, the file must hold this architecture (a run's ``model``).
+        image_size: when given, the model must take ``image_size`` x ``image_size`` input.
+
     Raises:
-        ModelLoadError: the file is missing, damaged, unsafe, or not a 4-class classifier.
+        ModelLoadError: the file is missing, damaged, unsafe, not a 4-class classifier, or not
+            the architecture or input size asked for.
     """
     file = Path(path)
     if not file.is_file():
@@ -374,6 +382,16 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
         raise ModelLoadError(
             f"{file} is not a {len(classes.CLASS_NAMES)}-class image classifier (input shape "
             f"{inputs}, output shape {shape})."
+        )
+    if model_name is not None and model.name != get_spec(model_name).name:
+        raise ModelLoadError(
+            f"{file} holds a {model.name} model, not {get_spec(model_name).display_name}; the file "
+            "was replaced: put the run's own file back or train it again."
+        )
+    if image_size is not None and inputs[1:3] != (image_size, image_size):
+        raise ModelLoadError(
+            f"{file} takes {inputs[1]}x{inputs[2]} pixel input, not {image_size}x{image_size}; "
+            "the file was replaced: put the run's own file back or train it again."
         )
     return model
 

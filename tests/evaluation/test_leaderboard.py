@@ -1,0 +1,156 @@
+"""The leaderboard on hand-made run folders: comparable groups, ranks, filters, damaged runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kidney_lab import errors
+from kidney_lab import fileio
+from kidney_lab import runs
+from kidney_lab.evaluation import leaderboard as leaderboard_module
+from kidney_lab.evaluation import stats
+from kidney_lab.evaluation import store
+from tests.evaluation.helpers import random_table
+
+STUDY = "study-20260101-120000-ab12"
+OTHER_STUDY = "study-20260101-130000-cd34"
+
+
+def fake_run(
+    workspace: Path,
+    model: str,
+    table: pd.DataFrame | None,
+    *,
+    study: str = STUDY,
+    split: str = "grouped",
+    fingerprint: str = "aaaa11112222",
+) -> Path:
+    """A finished run folder whose test predictions are ``table`` (none if None)."""
+    info = {
+        "model": model, "study_id": study, "split_strategy": split, "dataset_fingerprint": fingerprint,
+        "image_size": 32, "weights": "random", "epochs_trained": 2, "train_seconds": 3.5,
+        "parameters": 1234, "test_with_duplicate_in_train": 7 if split == "random" else 0,
+    }
+    path = runs.create_run(workspace, runs.new_run_id(model), info)
+    if table is not None:
+        write_evaluation(path, store.TEST_SOURCE, table, split_kind=split, fingerprint=fingerprint)
+    runs.mark_finished(path, runs.COMPLETED)
+    return path
+
+
+def write_evaluation(path: Path, source: str, table: pd.DataFrame, **stored) -> None:
+    with fileio.atomic_path(store.predictions_path(path, source)) as temporary:
+        table.to_csv(temporary, index=False)
+    fileio.atomic_write_json(
+        store.metrics_path(path, source), {"ms_per_image_batch_1": 2.5, "model_bytes": 4096, **stored}
+    )
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("board")
+    made = {
+        "strong": fake_run(base, "resnet50", random_table(120, seed=1, skill=3.0)),
+        "weak": fake_run(base, "vit", random_table(120, seed=1, skill=0.5)),
+        "random": fake_run(base, "mobilenetv2", random_table(90, seed=2, prefix="/data/random"),
+                           split="random", study=OTHER_STUDY, fingerprint="cccc55556666"),
+    }
+    write_evaluation(made["strong"], "bbbb33334444", random_table(60, seed=5, prefix="/external/x"),
+                     split_kind="external", fingerprint="bbbb33334444", test_with_duplicate_in_train=0)
+    fileio.atomic_write_json(
+        made["strong"] / leaderboard_module.FAITHFULNESS_FILE,
+        {"run_id": made["strong"].name, "fingerprint": "aaaa11112222",
+         "methods": {"gradcam": {"pointing_game": 0.8, "energy_in_mask": 0.4}}},
+    )
+    return {"base": base, **made}
+
+
+def test_rows_are_ranked_only_within_groups_of_the_same_images(workspace) -> None:
+    table = leaderboard_module.leaderboard(workspace["base"])
+    assert len(table) == 4 and list(table.columns) == list(leaderboard_module.COLUMNS)
+    assert table["comparable_group"].nunique() == 3
+    assert "3 comparable groups" in table.attrs["note"]
+    pair = table[table["split"] == "grouped"]
+    assert pair["comparable_group"].nunique() == 1
+    ranked = dict(zip(pair["run_id"], pair["rank"]))
+    assert ranked[workspace["strong"].name] == 1 and ranked[workspace["weak"].name] == 2
+    strong = pair[pair["run_id"] == workspace["strong"].name].iloc[0]
+    assert strong["macro_f1"] > pair[pair["run_id"] == workspace["weak"].name].iloc[0]["macro_f1"]
+    assert strong["accuracy_ci_low"] <= strong["accuracy"] <= strong["accuracy_ci_high"]
+    assert strong["macro_f1_ci_low"] <= strong["macro_f1"] <= strong["macro_f1_ci_high"]
+    assert strong["display_name"] == "ResNet50" and strong["params"] == 1234
+    assert strong["ms_per_image_batch_1"] == 2.5 and strong["pointing_game"] == 0.8
+    weak = pair[pair["run_id"] == workspace["weak"].name].iloc[0]
+    expected = stats.mcnemar(store.load_predictions(workspace["strong"]), store.load_predictions(workspace["weak"]))
+    assert pd.isna(strong["mcnemar_p_vs_best"]) and weak["mcnemar_p_vs_best"] == pytest.approx(expected["p_value"])
+    for group in table[table["split"] != "grouped"]["comparable_group"]:
+        assert (table[table["comparable_group"] == group]["rank"] == 1).all()
+    external = table[table["split"] == "external"].iloc[0]
+    assert external["evaluated_on"] == "bbbb33334444" and pd.isna(external["pointing_game"])
+    random_row = table[table["split"] == "random"].iloc[0]
+    assert random_row["test_with_duplicate_in_train"] == 7
+
+
+def test_scores_are_recomputed_from_the_predictions(workspace) -> None:
+    table = leaderboard_module.leaderboard(workspace["base"], split="grouped")
+    predictions = store.load_predictions(workspace["weak"])
+    row = table[table["run_id"] == workspace["weak"].name].iloc[0]
+    assert row["accuracy"] == pytest.approx((predictions["true_label"] == predictions["predicted_label"]).mean())
+    assert row["images"] == len(predictions)
+
+
+def test_filters(workspace) -> None:
+    board = leaderboard_module.leaderboard
+    assert set(board(workspace["base"], study_id=OTHER_STUDY)["model"]) == {"mobilenetv2"}
+    assert set(board(workspace["base"], split="external")["evaluated_on"]) == {"bbbb33334444"}
+    assert len(board(workspace["base"], fingerprint="aaaa11112222")) == 2
+    assert "external" not in set(board(workspace["base"], include_external=False)["split"])
+    with pytest.raises(errors.ConfigError, match="Unknown split"):
+        board(workspace["base"], split="kfold")
+
+
+def test_equal_scores_share_a_rank(tmp_path: Path) -> None:
+    table = random_table(40, seed=9)
+    fake_run(tmp_path, "vit", table)
+    fake_run(tmp_path, "resnet50", table)
+    board = leaderboard_module.leaderboard(tmp_path)
+    assert board["rank"].tolist() == [1, 1]
+    assert "one comparable group" in board.attrs["note"]
+
+
+def test_unevaluated_and_broken_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = fake_run(tmp_path, "vit", random_table(40, seed=3))
+    running = runs.create_run(tmp_path, runs.new_run_id("resnet50"), {"model": "resnet50", "study_id": STUDY})
+    broken = fake_run(tmp_path, "mobilenetv2", random_table(40, seed=4))
+    (broken / runs.RUN_FILE).write_text("{ not json")
+    edited = fake_run(tmp_path, "inceptionv3", random_table(40, seed=5))
+    store.predictions_path(edited).write_text("path,true_label\nx,Cyst\n")
+    vanishing = fake_run(tmp_path, "efficientnetb0", random_table(40, seed=6))
+
+    original = store.load_predictions
+
+    def delete_then_load(run_dir, source="test"):
+        if Path(run_dir).name == vanishing.name:
+            shutil.rmtree(vanishing)
+        return original(run_dir, source)
+
+    monkeypatch.setattr(leaderboard_module.store, "load_predictions", delete_then_load)
+    board = leaderboard_module.leaderboard(tmp_path)
+    assert board["run_id"].tolist() == [good.name]
+    skipped = {entry["run_id"]: entry["reason"] for entry in board.attrs["skipped"]}
+    assert set(skipped) == {broken.name, edited.name, vanishing.name}
+    assert "run.json" in skipped[broken.name]
+    assert "lacks the column" in skipped[edited.name] and "evaluate the run again" in skipped[edited.name]
+
+    with_running = leaderboard_module.leaderboard(tmp_path, include_unevaluated=True)
+    row = with_running[with_running["run_id"] == running.name].iloc[0]
+    assert row["status"] == runs.QUEUED and pd.isna(row["accuracy"]) and pd.isna(row["rank"])
+
+
+def test_an_empty_workspace_gives_an_empty_table(tmp_path: Path) -> None:
+    board = leaderboard_module.leaderboard(tmp_path / "nothing")
+    assert board.empty and board.attrs["skipped"] == [] and "No evaluated runs" in board.attrs["note"]
