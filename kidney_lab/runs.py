@@ -10,6 +10,8 @@ without a readable ``run.json`` or ``status.json`` reads as :data:`BROKEN` with 
 a run whose process is gone while its status says running reads as :data:`STALE`, never as
 running. Process identity is a pid plus the process's start time (from ``/proc`` where there
 is one), so a pid that the system has reused for another process does not look alive.
+:attr:`RunRecord.model_problem` says, without TensorFlow, why a run's ``model.keras`` cannot
+serve it (cut short, or replaced by another architecture's file).
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
+import json
 import os
 import re
 import secrets
 import shutil
 import socket
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
+from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.errors import ConfigError, KidneyLabError
 from kidney_lab.fileio import atomic_write_json, read_json
 from kidney_lab.workspace import WorkspaceError, default_workspace, inside
@@ -128,6 +134,11 @@ class RunRecord:
         """True when ``predictions.csv`` exists."""
         return (self.path / PREDICTIONS_FILE).is_file()
 
+    @functools.cached_property
+    def model_problem(self) -> str | None:
+        """Why ``model.keras`` cannot serve this run (see :func:`check_model_file`); None if usable."""
+        return check_model_file(self.path / MODEL_FILE, self.model, self.info.get("image_size"))
+
 
 def _utc_stamp(when: datetime.datetime | None) -> str:
     """``YYYYMMDD-HHMMSS`` of ``when`` in UTC; a naive ``when`` is taken to be UTC already."""
@@ -177,6 +188,62 @@ def run_path(workspace: str | os.PathLike[str], run_id: str) -> Path:
             "(see `python -m kidney_lab train --json` or the Runs page)."
         )
     return inside(workspace, run_id)
+
+
+def check_model_file(
+    path: str | os.PathLike[str], model_name: str | None = None, image_size: int | None = None
+) -> str | None:
+    """Why the saved model at ``path`` cannot serve a run, or None when it looks usable.
+
+    A cheap look that needs no TensorFlow: the file must be a complete ``.keras`` archive (its
+    zip directory, at the end of the file, is readable and it holds the architecture and the
+    weights) describing a four-class model, and, when given, of architecture ``model_name`` with
+    ``image_size`` x ``image_size`` input. Damaged weights inside an intact archive are found
+    only by loading (:func:`kidney_lab.models.registry.load_model`).
+    """
+    file = Path(path)
+    if not file.is_file():
+        return f"{file.name} is missing; the run has no usable model"
+    try:
+        with zipfile.ZipFile(file) as archive:
+            members = set(archive.namelist())
+            missing = sorted({"config.json", "model.weights.h5"} - members)
+            if missing:
+                return f"{file.name} is damaged (it lacks {', '.join(missing)}); train the run again"
+            config = json.loads(archive.read("config.json")).get("config", {})
+    except (OSError, zipfile.BadZipFile, ValueError, AttributeError) as error:
+        return f"{file.name} is damaged (not a complete .keras archive: {error}); train the run again"
+    try:
+        return _architecture_problem(file.name, config, model_name, image_size)
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return f"{file.name} is damaged (its architecture description is malformed); train the run again"
+
+
+def _architecture_problem(
+    name: str, config: dict[str, Any], model_name: str | None, image_size: int | None
+) -> str | None:
+    """Compare the functional-model ``config`` of a .keras file with what its run expects."""
+    found = config.get("name")
+    if model_name is not None and found != model_name:
+        return (
+            f"{name} holds a {found} model, not the {model_name} this run trained; the file "
+            "was replaced: put the run's own file back or train it again"
+        )
+    layers = {layer.get("name"): layer for layer in config.get("layers", [])}
+    inputs = [layer for layer in layers.values() if layer.get("class_name") == "InputLayer"]
+    shape = inputs[0]["config"].get("batch_shape") if len(inputs) == 1 else None
+    if image_size is not None and isinstance(shape, list) and shape[1:3] != [image_size, image_size]:
+        return (
+            f"{name} takes {shape[1]}x{shape[2]} pixel input, but this run trained at "
+            f"{image_size}x{image_size}; the file was replaced: put the run's own file back"
+        )
+    # One output is stored as [name, node, tensor], several as a list of those.
+    outputs = config.get("output_layers") or [None]
+    first = outputs[0] if isinstance(outputs[0], list) else outputs
+    units = layers.get(first[0], {}).get("config", {}).get("units")
+    if isinstance(units, int) and units != len(CLASS_NAMES):
+        return f"{name} has {units} outputs, not one per class ({', '.join(CLASS_NAMES)})"
+    return None
 
 
 # Processes -----------------------------------------------------------------------------------

@@ -69,6 +69,12 @@ _NOT_IMAGE_ADVICE = {
             "decompress it and export single slices as PNG or DICOM",
 }
 _TEXT_BYTES = frozenset(range(32, 127)) | {9, 10, 13}
+# Signatures of the image formats read here; a file that has one but that Pillow cannot open is
+# a damaged image of that format, not a file of another kind.
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
 
 Window = tuple[str, tuple[float, float] | None]
 
@@ -196,9 +202,22 @@ def _decode(
                 "pixels (decompression bomb protection); downscale it or export one slice"
             ) from None
         except Image.UnidentifiedImageError:
-            pass
+            for signature, image_format in _IMAGE_SIGNATURES:
+                if data.startswith(signature):
+                    raise errors.ScanReadError(
+                        f"{label} is truncated or corrupt (it starts as a {image_format} file, but "
+                        "its header cannot be read); export or upload it again"
+                    ) from None
         except OSError as error:  # A header cut short fails while Pillow opens it.
             raise _truncated(label, error) from error
+        except ValueError as error:
+            # Pillow refuses a compressed text chunk that inflates beyond its own limit.
+            if "Decompressed data too large" not in str(error):
+                raise
+            raise errors.ScanReadError(
+                f"{label} holds a metadata chunk that inflates beyond Pillow's limit "
+                "(decompression bomb protection); export the image again without metadata"
+            ) from None
     if kind == "text":
         raise errors.ScanReadError(
             f"{label} is a text/HTML file, not an image; download the image itself "
@@ -408,8 +427,13 @@ def _check_decodable(dataset: pydicom.Dataset, label: str) -> str:
             else pydicom.uid.ExplicitVRBigEndian
         )
         dataset.file_meta.TransferSyntaxUID = syntax
+    if not syntax.is_transfer_syntax:
+        raise errors.ScanReadError(
+            f"{label}: DICOM file names an unknown transfer syntax {syntax}, so its pixel data "
+            "cannot be decoded; export the series again as standard (uncompressed) DICOM"
+        )
     try:
-        available = syntax.is_transfer_syntax and pydicom.pixels.get_decoder(syntax).is_available
+        available = pydicom.pixels.get_decoder(syntax).is_available
     except NotImplementedError:
         available = False
     if not available:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import h5py
 import keras
 
 from kidney_lab import fileio
@@ -22,6 +25,10 @@ from kidney_lab.training import jobs
 
 # Status writes during an epoch are at most this often (seconds); epoch ends always write.
 STATUS_INTERVAL_SECONDS = 1.0
+_WEIGHTS_SUFFIX = ".weights.h5"
+# The files keras.callbacks.BackupAndRestore keeps, and the suffix of its previous copies.
+_BACKUP_FILES = ("latest.weights.h5", "training_metadata.json")
+_PREVIOUS_SUFFIX = ".bkp"
 
 
 def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -72,11 +79,13 @@ class HistoryWriter(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the model to ``model.keras`` whenever validation loss reaches a new minimum.
+    """Saves the model to ``model.keras`` in a run folder whenever validation loss reaches a new minimum.
 
     The file is written to a temporary name and moved into place, so the previous best stays
-    loadable if the process dies mid-save. ``best`` starts from the history of earlier,
-    interrupted attempts, so a resumed run does not overwrite a better checkpoint.
+    loadable if the process dies mid-save. After each save, ``run.json`` records the epoch and
+    its logs under ``checkpoint``, with the file's size and modification time, so that a resumed
+    run knows which loss the checkpoint on disk has to be beaten by (see
+    :func:`checkpoint_record`); ``best`` is that loss.
     """
 
     def __init__(self, path: str | os.PathLike[str], best: float = math.inf) -> None:
@@ -90,18 +99,94 @@ class BestCheckpoint(keras.callbacks.Callback):
             return
         self.best = float(value)
         save_atomically(self.model, self.path)
+        saved = self.path.stat()
+        record = {"epoch": epoch + 1, **{key: float(item) for key, item in (logs or {}).items()}}
+        runs.update_run_info(
+            self.path.parent, checkpoint={**record, "bytes": saved.st_size, "mtime_ns": saved.st_mtime_ns}
+        )
+
+
+def checkpoint_record(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The epoch and logs of the run's ``model.keras`` as :class:`BestCheckpoint` recorded them.
+
+    Returns:
+        ``{"epoch", "val_loss", ...}``, or None when the file is missing or ``run.json`` holds no
+        record of this very file (a process killed between saving and recording it).
+    """
+    folder = Path(run_dir)
+    try:
+        record = fileio.read_json(folder / runs.RUN_FILE).get("checkpoint")
+        saved = (folder / runs.MODEL_FILE).stat()
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(record, dict) or (record.get("bytes"), record.get("mtime_ns")) != (
+        saved.st_size, saved.st_mtime_ns
+    ):
+        return None
+    return {key: value for key, value in record.items() if key not in ("bytes", "mtime_ns")}
 
 
 def save_atomically(model: keras.Model, path: str | os.PathLike[str]) -> None:
-    """Save ``model`` to ``path`` (a ``.keras`` file) through a temporary file in its folder."""
+    """Save ``model`` to ``path`` through a temporary file in its folder.
+
+    A ``.weights.h5`` path gets the weights only, any other (``.keras``) the whole model.
+    """
     destination = Path(path)
-    # Keras picks the format from the suffix, so the temporary name keeps ".keras".
-    temporary = destination.with_name(f".{destination.stem}.{os.getpid()}.tmp.keras")
+    weights_only = destination.name.endswith(_WEIGHTS_SUFFIX)
+    suffix = _WEIGHTS_SUFFIX if weights_only else destination.suffix
+    # Keras picks the format from the suffix, so the temporary name keeps it.
+    stem = destination.name[: -len(suffix)]
+    temporary = destination.with_name(f".{stem}.{os.getpid()}.tmp{suffix}")
     try:
-        model.save(temporary)
+        if weights_only:
+            model.save_weights(temporary)
+        else:
+            model.save(temporary)
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def repair_backup(folder: str | os.PathLike[str]) -> str | None:
+    """Make a ``keras.callbacks.BackupAndRestore`` folder loadable after a kill during a backup.
+
+    Keras writes its state in place. It falls back to the previous copy (``double_checkpoint``)
+    only when the latest weights fail to load, and only if a previous copy exists, so a process
+    killed while writing the first epoch's backup, or its small metadata file, would make every
+    later resume fail. Here the latest state is checked whole (metadata readable, every weight
+    readable); if it is not, the previous state replaces it, and when there is none the folder
+    is removed, so that the phase starts again: none of its epochs had been backed up.
+
+    Returns:
+        What was done (for the run's log), or None when the folder is whole or absent.
+    """
+    base = Path(folder)
+    latest = [base / name for name in _BACKUP_FILES]
+    if not base.is_dir() or _whole_backup(*latest):
+        return None
+    previous = [path.with_name(path.name + _PREVIOUS_SUFFIX) for path in latest]
+    if _whole_backup(*previous):
+        for source, target in zip(previous, latest):
+            shutil.copyfile(source, target)
+        return "the last backup was cut short; resuming from the one before it"
+    shutil.rmtree(base)
+    return "the only backup was cut short; the phase starts again"
+
+
+def _whole_backup(weights: Path, metadata: Path) -> bool:
+    """Whether a backed-up state reads completely: its epoch number and every weight array."""
+
+    def read_array(name: str, item: Any) -> None:
+        if isinstance(item, h5py.Dataset):
+            item[()]  # Reading every array is what finds a file cut short.
+
+    try:
+        epoch = json.loads(metadata.read_text(encoding="utf-8")).get("epoch")
+        with h5py.File(weights, "r") as store:
+            store.visititems(read_array)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(epoch, int)
 
 
 class StatusReporter(keras.callbacks.Callback):

@@ -23,11 +23,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
 import platform
 import resource
 import shutil
 import socket
+import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -342,10 +345,10 @@ def _train_run(
     except Exception as error:
         message = _error_message(error)
         log.write(f"failed: {message}\n{traceback.format_exc()}")
-        runs.mark_finished(path, runs.FAILED, error=message)
+        _mark_finished(path, runs.FAILED, message)
         _emit(listener, run_id, path)
         return RunOutcome(run_id, name, path, runs.FAILED, error=message)
-    runs.mark_finished(path, runs.COMPLETED)
+    _mark_finished(path, runs.COMPLETED)
     if metrics:
         log.write(f"completed: test accuracy {metrics['accuracy']:.4f} on {metrics['images']} images")
     _emit(listener, run_id, path)
@@ -361,6 +364,9 @@ def _fit_and_evaluate(
     token: jobs.CancelToken,
     log: "_RunLog",
 ) -> dict[str, Any]:
+    # Temporary files of writes that a killed attempt left unfinished (never the real files).
+    for leftover in path.glob(".*.tmp*"):
+        leftover.unlink(missing_ok=True)
     info = fileio.read_json(path / runs.RUN_FILE)
     if info.get("training_finished") and (path / runs.MODEL_FILE).is_file():
         log.write("training had finished before; evaluating the stored checkpoint")
@@ -438,72 +444,77 @@ def _fit_and_evaluate(
         phases.append(("training", 0, config.epochs, config.learning_rate, True))
 
     history_path = path / runs.HISTORY_FILE
-    best = min(
-        (row["val_loss"] for row in training_callbacks.read_history(history_path) if isinstance(row.get("val_loss"), float)),
-        default=math.inf,
-    )
-    checkpoint = training_callbacks.BestCheckpoint(path / runs.MODEL_FILE, best=best)
+    checkpoint = training_callbacks.BestCheckpoint(path / runs.MODEL_FILE, best=_checkpoint_loss(path))
     started = time.perf_counter()
-    for phase_index, (phase, first_epoch, last_epoch, learning_rate, backbone_trainable) in enumerate(phases):
-        done_marker = path / runs.BACKUP_FOLDER / f"phase-{phase_index}-done.weights.h5"
-        if done_marker.is_file():
-            model.load_weights(done_marker)
-            log.write(f"{phase}: finished before, weights restored")
-            continue
-        if pretrained:
-            registry.set_backbone_trainable(model, backbone_trainable)
-        with strategy.scope():
-            model.compile(
-                optimizer=keras.optimizers.Adam(
-                    _learning_rate(config.lr_schedule, learning_rate, steps * (last_epoch - first_epoch))
-                ),
-                loss="categorical_crossentropy",
-                metrics=["accuracy"],
-                jit_compile=xla,
-            )
-        reporter = training_callbacks.StatusReporter(
-            path,
-            phase=phase,
-            epochs=last_epoch,
-            steps_per_epoch=steps,
-            batch_size=global_batch,
-            base={"model": name},
-            token=token,
-            listener=None if listener is None else (lambda status: listener(path.name, status)),
-        )
-        phase_callbacks = [
-            keras.callbacks.BackupAndRestore(
-                str(path / runs.BACKUP_FOLDER / f"phase-{phase_index}"),
-                double_checkpoint=True,
-                # Kept after a cancelled fit so the same command resumes; removed on success.
-                delete_checkpoint=False,
-            ),
-            training_callbacks.HistoryWriter(history_path, phase=lambda phase=phase: phase),
-            checkpoint,
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=config.patience, restore_best_weights=True
-            ),
-            reporter,
-        ]
-        if config.lr_schedule == "plateau":
-            phase_callbacks.append(
-                keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6
+    memory = _PeakMemory()
+    with memory:
+        for phase_index, (phase, first_epoch, last_epoch, learning_rate, backbone_trainable) in enumerate(phases):
+            done_marker = path / runs.BACKUP_FOLDER / f"phase-{phase_index}-done.weights.h5"
+            if done_marker.is_file():
+                model.load_weights(done_marker)
+                log.write(f"{phase}: finished before, weights restored")
+                continue
+            repaired = training_callbacks.repair_backup(path / runs.BACKUP_FOLDER / f"phase-{phase_index}")
+            if repaired:
+                log.write(f"{phase}: {repaired}")
+            if pretrained:
+                registry.set_backbone_trainable(model, backbone_trainable)
+            with strategy.scope():
+                model.compile(
+                    optimizer=keras.optimizers.Adam(
+                        _learning_rate(config.lr_schedule, learning_rate, steps * (last_epoch - first_epoch))
+                    ),
+                    loss="categorical_crossentropy",
+                    metrics=["accuracy"],
+                    jit_compile=xla,
                 )
+            reporter = training_callbacks.StatusReporter(
+                path,
+                phase=phase,
+                epochs=last_epoch,
+                steps_per_epoch=steps,
+                batch_size=global_batch,
+                base={"model": name},
+                token=token,
+                listener=None if listener is None else (lambda status: listener(path.name, status)),
             )
-        log.write(f"{phase}: epochs {first_epoch + 1}-{last_epoch}, learning rate {learning_rate:g}")
-        model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=last_epoch,
-            initial_epoch=first_epoch,
-            class_weight=class_weight,
-            callbacks=phase_callbacks,
-            shuffle=False,  # The dataset shuffles itself, seeded, every epoch.
-            verbose=0,
-        )
-        token.raise_if_cancelled()
-        model.save_weights(done_marker)
+            # At the end of an epoch the checkpoint and the history row are written before the
+            # backup that counts the epoch as done: a process killed in between trains the epoch
+            # again instead of resuming after an epoch whose checkpoint or row never landed.
+            phase_callbacks = [
+                checkpoint,
+                training_callbacks.HistoryWriter(history_path, phase=lambda phase=phase: phase),
+                keras.callbacks.BackupAndRestore(
+                    str(path / runs.BACKUP_FOLDER / f"phase-{phase_index}"),
+                    double_checkpoint=True,
+                    # Kept after a cancelled fit so the same command resumes; removed on success.
+                    delete_checkpoint=False,
+                ),
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=config.patience, restore_best_weights=True
+                ),
+                reporter,
+            ]
+            if config.lr_schedule == "plateau":
+                phase_callbacks.append(
+                    keras.callbacks.ReduceLROnPlateau(
+                        monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6
+                    )
+                )
+            log.write(f"{phase}: epochs {first_epoch + 1}-{last_epoch}, learning rate {learning_rate:g}")
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=last_epoch,
+                initial_epoch=first_epoch,
+                class_weight=class_weight,
+                callbacks=phase_callbacks,
+                shuffle=False,  # The dataset shuffles itself, seeded, every epoch.
+                verbose=0,
+            )
+            token.raise_if_cancelled()
+            # Atomically, so that a process killed while writing it leaves no half file behind.
+            training_callbacks.save_atomically(model, done_marker)
 
     seconds = time.perf_counter() - started
     history = training_callbacks.read_history(history_path)
@@ -512,7 +523,9 @@ def _fit_and_evaluate(
             "Training never produced a finite validation loss, so no checkpoint was kept; "
             "try a lower --lr."
         )
-    kept = min(history, key=lambda row: row.get("val_loss", math.inf)) if history else {}
+    kept = training_callbacks.checkpoint_record(path) or min(
+        history, key=lambda row: row.get("val_loss", math.inf), default={}
+    )
     runs.update_run_info(
         path,
         training_finished=True,
@@ -520,13 +533,95 @@ def _fit_and_evaluate(
         epochs_trained=len(history),
         best_epoch=kept.get("epoch"),
         kept_epoch=kept,
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **memory.summary(),
     )
     shutil.rmtree(path / runs.BACKUP_FOLDER, ignore_errors=True)
     if not distribute.is_chief(config.strategy):
         log.write("not the chief worker: the chief evaluates the model")
         return {}
     return _evaluate(path, listener, None)
+
+
+def _checkpoint_loss(path: Path) -> float:
+    """The validation loss of the run's checkpoint on disk, which training must beat to replace it."""
+    if not (path / runs.MODEL_FILE).is_file():
+        return math.inf
+    record = training_callbacks.checkpoint_record(path)
+    if record is not None and isinstance(record.get("val_loss"), float):
+        return record["val_loss"]
+    # A checkpoint without a record of its own (killed between saving and recording, or saved
+    # by an older version): the best loss of the history is the closest guess.
+    losses = [row["val_loss"] for row in training_callbacks.read_history(path / runs.HISTORY_FILE)
+              if isinstance(row.get("val_loss"), float)]
+    return min(losses, default=math.inf)
+
+
+def _mark_finished(path: Path, state: str, error: str | None = None) -> None:
+    """Record how the run ended; when even that cannot be written, stop with a clear error."""
+    try:
+        runs.mark_finished(path, state, error=error)
+    except OSError as failure:
+        # Why it failed is in train.log already; this says why not even that could be recorded.
+        raise errors.KidneyLabError(
+            f"Run {path.name} could not be marked {state}: {_error_message(failure)}"
+        ) from None
+
+
+class _PeakMemory:
+    """The peak resident memory of this process while one model trains (a context manager).
+
+    ``ru_maxrss`` is the peak of the whole process since it started (TensorFlow's start-up and
+    the models trained before included) and never goes down, so a thread samples the resident
+    set size from ``/proc/self/statm`` every :attr:`interval` seconds instead. Where there is no
+    ``/proc`` the process-wide peak is all there is, and the summary says so.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.start_mb: float | None = None
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+
+    def __enter__(self) -> "_PeakMemory":
+        self.start_mb = self.peak_mb = _resident_mb()
+        if self.start_mb is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._note(_resident_mb())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._note(_resident_mb())
+
+    def _note(self, value: float | None) -> None:
+        if value is not None and self.peak_mb is not None:
+            self.peak_mb = max(self.peak_mb, value)
+
+    def summary(self) -> dict[str, Any]:
+        """``peak_rss_mb`` and ``rss_start_mb`` (MiB) and how the peak was measured."""
+        if self.peak_mb is None:
+            divisor = 2**20 if sys.platform == "darwin" else 2**10  # bytes on macOS, KiB elsewhere
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / divisor
+            return {"peak_rss_mb": round(peak, 1), "rss_start_mb": None,
+                    "peak_rss_measure": "peak of the whole process since it started (ru_maxrss)"}
+        return {"peak_rss_mb": round(self.peak_mb, 1), "rss_start_mb": round(self.start_mb or 0.0, 1),
+                "peak_rss_measure": f"resident set sampled every {self.interval:g} s while this model trained"}
+
+
+def _resident_mb() -> float | None:
+    """This process's resident set size in MiB, or None without ``/proc``."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as stream:
+            pages = int(stream.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _learning_rate(schedule: str, rate: float, steps: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
