@@ -339,8 +339,14 @@ def _inference_seconds(model: keras.Model, image_size: int, batch: int) -> float
 def _training_facts(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     """Training time, epochs and the kept epoch (lowest validation loss) from the run's files."""
     history = training_callbacks.read_history(folder / runs.HISTORY_FILE)
-    scored = [row for row in history if _finite(row.get("val_loss"))]
-    kept = min(scored, key=lambda row: row["val_loss"]) if scored else None
+    # The checkpoint's own record names the epoch model.keras holds; history.csv can disagree
+    # after a kill between saving the checkpoint and writing the history row.
+    kept = training_callbacks.checkpoint_record(folder)
+    rule = "the epoch BestCheckpoint recorded for this model.keras (lowest validation loss)"
+    if kept is None:
+        scored = [row for row in history if _finite(row.get("val_loss"))]
+        kept = min(scored, key=lambda row: row["val_loss"]) if scored else None
+        rule = "the epoch with the lowest validation loss in history.csv (its checkpoint is model.keras)"
     return {
         "train_seconds": info.get("train_seconds"),
         "epochs": info.get("epochs_trained", len(history) or None),
@@ -352,7 +358,7 @@ def _training_facts(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
             "train_loss": kept.get("loss"),
             "val_accuracy": kept.get("val_accuracy"),
             "val_loss": kept.get("val_loss"),
-            "rule": "the epoch with the lowest validation loss in history.csv (its checkpoint is model.keras)",
+            "rule": rule,
         },
     }
 
