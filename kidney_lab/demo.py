@@ -7,20 +7,26 @@ every registry model from random initialisation at a small size, one after the o
 evaluated on the held-out test phantoms. The settings below were chosen so that every model
 learns the phantoms in as little time as two CPU cores allow; the README lists what they
 reached and how long it took.
+
+The app builds the demo as a background job (:func:`start_demo_job`): the same command in its own
+process, so it survives the page, and its progress is read from the runs' ``status.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
+from kidney_lab import errors
 from kidney_lab import fileio
 from kidney_lab import runs
 from kidney_lab import workspace as workspace_module
 from kidney_lab.data import phantom
 from kidney_lab.models import registry
 from kidney_lab.training import engine
+from kidney_lab.training import jobs
 
 
 # Epochs and Adam's starting learning rate per model, decayed along a cosine. Measured on the
@@ -131,12 +137,14 @@ def run_demo(
     settings: DemoSettings | None = None,
     workspace: str | Path | None = None,
     listener: engine.Listener | None = None,
+    study_id: str | None = None,
 ) -> engine.TrainResult:
     """Build the demo study: phantoms, split, and every model trained and evaluated.
 
     The models are trained one after the other, each with its recipe, into one study. Running
     it again after it was interrupted resumes the unfinished study (models already completed
-    are kept); after it finished, it trains a new study.
+    are kept); after it finished, it trains a new study. A given ``study_id`` is used instead:
+    its completed demo runs are kept and the other models are trained into it.
 
     Raises:
         kidney_lab.errors.KidneyLabError: the workspace cannot be written.
@@ -144,7 +152,10 @@ def run_demo(
     settings = settings or DemoSettings()
     folder = workspace_module.prepare_workspace(workspace)
     data = prepare_data(settings, folder)
-    study_id, completed = _unfinished_study(folder, settings)
+    if study_id is None:
+        study_id, completed = _unfinished_study(folder, settings)
+    else:
+        completed = _completed_by_model(demo_studies(folder).get(study_id, []))
     outcomes: list[engine.RunOutcome] = []
     split_id = ""
     for name in settings.models:
@@ -164,11 +175,16 @@ def run_demo(
 def _unfinished_study(workspace: Path, settings: DemoSettings) -> tuple[str, dict[str, runs.RunRecord]]:
     """The newest demo study with models still to train, and its completed runs by model."""
     for study_id, records in demo_studies(workspace).items():
-        done = {record.model: record for record in records if record.state == runs.COMPLETED}
+        done = _completed_by_model(records)
         if set(settings.models) - set(done):
             return study_id, done
         break
     return runs.new_study_id(), {}
+
+
+def _completed_by_model(records: list[runs.RunRecord]) -> dict[str, runs.RunRecord]:
+    """The completed runs among ``records``, by registry name."""
+    return {record.model: record for record in records if record.state == runs.COMPLETED}
 
 
 def demo_studies(workspace: str | Path | None = None) -> dict[str, list[runs.RunRecord]]:
@@ -194,3 +210,68 @@ def summary(result: engine.TrainResult) -> dict[str, Any]:
             "train_seconds": info.get("train_seconds"),
         }
     return rows
+
+
+def demo_arguments(settings: DemoSettings) -> list[str]:
+    """The ``python -m kidney_lab demo`` arguments that reproduce ``settings``.
+
+    Raises:
+        kidney_lab.errors.ConfigError: ``settings`` changes a field the command line has no
+            option for (field of view, batch size, learning rate, augmentation).
+    """
+    arguments = [
+        "--per-class", str(settings.per_class), "--size", str(settings.image_size),
+        "--seed", str(settings.seed), "--models", ",".join(settings.models),
+    ]
+    if settings.epochs is not None:
+        arguments += ["--epochs", str(settings.epochs)]
+    expressible = DemoSettings(
+        per_class=settings.per_class, image_size=settings.image_size, epochs=settings.epochs,
+        seed=settings.seed, models=settings.models,
+    )
+    if expressible != settings:
+        raise errors.ConfigError(
+            "A background demo job takes only the phantoms per class, size, epochs, seed and "
+            "models; run kidney_lab.demo.run_demo directly for other settings."
+        )
+    return arguments
+
+
+def start_demo_job(
+    workspace: str | Path | None = None,
+    settings: DemoSettings | None = None,
+    python: str = sys.executable,
+) -> jobs.JobRecord:
+    """Start ``python -m kidney_lab demo`` as a background job (see :mod:`kidney_lab.training.jobs`).
+
+    The job continues the newest unfinished demo study if there is one, else it starts a new
+    study; either way its ``study_id`` is the study its runs carry, and ``job.json`` lists the
+    models it trains (``models``, with their ``display_names``), so progress per model is read
+    from those runs' status files. The runs of models not reached yet do not exist until their turn.
+
+    Returns:
+        The job's record.
+
+    Raises:
+        kidney_lab.training.jobs.JobError: a demo job is already running in this workspace, or
+            the process cannot be started.
+        kidney_lab.errors.ConfigError: ``settings`` the command line cannot express.
+        kidney_lab.workspace.WorkspaceError: the workspace cannot be written.
+    """
+    settings = settings or DemoSettings()
+    arguments = demo_arguments(settings)
+    folder = workspace_module.prepare_workspace(workspace)
+    running = [job for job in jobs.list_jobs(folder, active_only=True) if job.kind == "demo"]
+    if running:
+        raise jobs.JobError(
+            f"The demo study is already being built by job {running[0].job_id}; wait for it or "
+            "cancel it first."
+        )
+    study_id, _ = _unfinished_study(folder, settings)
+    return jobs.start_job(
+        arguments, folder, python, kind="demo", study_id=study_id,
+        details={
+            "models": list(settings.models),
+            "display_names": {name: registry.get_spec(name).display_name for name in settings.models},
+        },
+    )

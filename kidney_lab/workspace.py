@@ -2,6 +2,9 @@
 
 The workspace is ``trained_models/`` in the current folder unless ``KIDNEY_LAB_WORKSPACE`` names
 another. Every path kidney_lab derives from an id stays inside it (see :func:`inside`).
+
+The app remembers the dataset folder a user chose last in the workspace too (``app.json``), so
+that restarting the app, or opening it from another browser, finds the same dataset.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ import tempfile
 from pathlib import Path
 
 from kidney_lab.errors import KidneyLabError
+from kidney_lab.fileio import atomic_write_json, read_json
 
 WORKSPACE_VARIABLE = "KIDNEY_LAB_WORKSPACE"
 DEMO_DATA_FOLDER = "demo_data"
 CACHE_FOLDER = "cache"
+# The app's remembered choices (the last dataset folder), one small JSON object.
+APP_STATE_FILE = "app.json"
+_DATA_FOLDER_KEY = "data_folder"
 
 
 class WorkspaceError(KidneyLabError):
@@ -57,3 +64,48 @@ def inside(workspace: str | os.PathLike[str], *parts: str) -> Path:
     if candidate != base and base not in candidate.parents:
         raise WorkspaceError(f"{'/'.join(parts)!r} is not a name inside the workspace {base}.")
     return candidate
+
+
+def remember_data_folder(folder: str | os.PathLike[str], workspace: str | os.PathLike[str] | None = None) -> Path:
+    """Record ``folder`` (made absolute) as the last dataset folder chosen in ``workspace``.
+
+    The record is written atomically into ``<workspace>/app.json``; other keys there are kept.
+
+    Returns:
+        The folder as recorded.
+
+    Raises:
+        WorkspaceError: The workspace cannot be created or written to.
+    """
+    base = prepare_workspace(workspace)
+    chosen = Path(folder).expanduser().resolve()
+    state = _read_app_state(base)
+    state[_DATA_FOLDER_KEY] = str(chosen)
+    try:
+        atomic_write_json(base / APP_STATE_FILE, state)
+    except OSError as error:
+        raise WorkspaceError(
+            f"Cannot remember the dataset folder in {base / APP_STATE_FILE} "
+            f"({error.strerror or error}); the workspace must be writable."
+        ) from None
+    return chosen
+
+
+def last_data_folder(workspace: str | os.PathLike[str] | None = None) -> Path | None:
+    """The dataset folder last recorded by :func:`remember_data_folder`, or ``None``.
+
+    A missing, unreadable or damaged ``app.json`` counts as no record; the folder itself is not
+    checked (it may have been moved since).
+    """
+    base = Path(workspace).expanduser().resolve() if workspace is not None else default_workspace()
+    recorded = _read_app_state(base).get(_DATA_FOLDER_KEY)
+    return Path(recorded) if isinstance(recorded, str) and recorded.strip() else None
+
+
+def _read_app_state(base: Path) -> dict[str, object]:
+    """The JSON object in ``<base>/app.json``; ``{}`` when it is absent or unreadable."""
+    try:
+        state = read_json(base / APP_STATE_FILE)
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}

@@ -1,9 +1,12 @@
-"""Background training jobs: one ``python -m kidney_lab train`` process per job.
+"""Background training jobs: one ``python -m kidney_lab train`` (or ``demo``) process per job.
 
 A job runs in its own process and session, so it outlives the page or command that started
 it; closing the browser or restarting the app does not stop it. Its record lives in
-``<workspace>/jobs/<job_id>/``: ``job.json`` (job id, study id, argv, pid and process start
-time, host, times, state, exit code when known) and ``job.log`` (its stdout and stderr).
+``<workspace>/jobs/<job_id>/``: ``job.json`` (job id, kind, study id, argv, pid and process
+start time, host, times, state, exit code when known, and what the caller added, such as the
+models it trains) and ``job.log`` (its stdout and stderr). The kind is the command the job runs:
+``train`` (the Train page) or ``demo`` (the Home page's demo study); both take ``--study-id``, so
+the runs a job makes are found by its study id.
 
 A job's state is worked out when it is read: running while its process is alive (the pid and
 the process start time both match), else finished, failed or cancelled. The exit code is known
@@ -32,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kidney_lab import runs
 from kidney_lab.errors import ConfigError, KidneyLabError
@@ -44,6 +47,8 @@ JOB_FILE = "job.json"
 JOB_LOG_FILE = "job.log"
 LOCK_FILE = "train.lock"
 JOB_ID_PATTERN = re.compile(r"job-\d{8}-\d{6}-[0-9a-f]{6}")
+# The commands a job may run; each takes --study-id and --workspace.
+JOB_KINDS = ("train", "demo")
 
 RUNNING = "running"
 FINISHED = "finished"
@@ -57,6 +62,11 @@ _KILL_WAIT_SECONDS = 5.0
 _POLL_SECONDS = 0.05
 # Arguments that start_job adds itself; a caller passing them would contradict it.
 _RESERVED_ARGUMENTS = ("--study-id", "--workspace")
+# job.json fields that start_job writes itself; ``details`` may not replace them.
+_RESERVED_FIELDS = frozenset(
+    {"job_id", "kind", "study_id", "argv", "workspace", "host", "started", "pid", "pid_start",
+     "state", "returncode", "finished", "cancel_requested", "error"}
+)
 
 # Jobs started by this process, kept so that their exit codes are collected (no zombies).
 _children: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -97,6 +107,16 @@ class JobRecord:
     def study_id(self) -> str | None:
         """The study id given to the training command; its runs carry it."""
         return self.info.get("study_id")
+
+    @property
+    def kind(self) -> str:
+        """The command the job runs: ``train`` or ``demo`` (jobs written before kinds: train)."""
+        return self.info.get("kind") or "train"
+
+    @property
+    def models(self) -> list[str]:
+        """The registry names the job trains, when its starter recorded them; else ``[]``."""
+        return [name for name in self.info.get("models") or [] if isinstance(name, str)]
 
     @property
     def pid(self) -> int | None:
@@ -201,21 +221,31 @@ def start_job(
     python: str = sys.executable,
     *,
     command: list[str] | None = None,
+    kind: str = "train",
+    study_id: str | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> JobRecord:
-    """Start ``python -m kidney_lab train *train_args`` as a background job with a new study id.
+    """Start ``python -m kidney_lab <kind> *train_args`` as a background job.
 
     The process gets ``--study-id`` and ``--workspace`` appended, its own session (so it
     survives the caller and can be signalled as a group), no stdin, and ``job.log`` for its
     output.
 
     Args:
-        train_args: Arguments of the ``train`` command, without ``--study-id``/``--workspace``.
+        train_args: Arguments of the command, without ``--study-id``/``--workspace``.
         workspace: The workspace (created if needed); the default one if ``None``.
         python: The Python interpreter to run.
         command: A full argv to run instead of the training command (for tests).
+        kind: The command: ``train`` or ``demo`` (see :data:`JOB_KINDS`).
+        study_id: The study id to give the command; a new one if ``None`` (the demo passes
+            the id of an unfinished demo study to resume it).
+        details: More JSON-serialisable fields for ``job.json``, such as ``models`` (the
+            registry names the job trains), so that a page can show models not started yet.
 
     Raises:
-        ConfigError: ``train_args`` is not a list of strings or holds a reserved argument.
+        ConfigError: ``train_args`` is not a list of strings or holds a reserved argument, an
+            unknown ``kind``, a malformed ``study_id``, or ``details`` names a field start_job
+            writes itself.
         WorkspaceError: The workspace cannot be used.
         JobError: The process could not be started.
     """
@@ -224,14 +254,21 @@ def start_job(
     for item in train_args:
         if item.split("=", 1)[0] in _RESERVED_ARGUMENTS:
             raise ConfigError(f"Do not pass {item.split('=', 1)[0]} to a training job; start_job sets it.")
+    if kind not in JOB_KINDS:
+        raise ConfigError(f"Unknown job kind {kind!r}; use one of {', '.join(JOB_KINDS)}.")
+    if study_id is not None and not runs.STUDY_ID_PATTERN.fullmatch(study_id):
+        raise ConfigError(f"{study_id!r} is not a study id (like study-20260101-120000-ab12).")
+    clashes = sorted(_RESERVED_FIELDS.intersection(details or {}))
+    if clashes:
+        raise ConfigError(f"Job details may not set {', '.join(clashes)}; start_job writes them.")
     base = prepare_workspace(workspace)
     _reap()
-    study_id = runs.new_study_id()
+    study_id = study_id or runs.new_study_id()
     job_id = new_job_id()
     folder = inside(base, JOBS_FOLDER, job_id)
     folder.mkdir(parents=True)
     argv = list(command) if command is not None else [
-        python, "-m", "kidney_lab", "train", *train_args,
+        python, "-m", "kidney_lab", kind, *train_args,
         "--study-id", study_id, "--workspace", str(base),
     ]
     environment = dict(os.environ)
@@ -243,7 +280,8 @@ def start_job(
         part for part in (package_root, environment.get("PYTHONPATH", "")) if part
     )
     info: dict[str, Any] = {
-        "job_id": job_id, "study_id": study_id, "argv": argv, "workspace": str(base),
+        **(details or {}),
+        "job_id": job_id, "kind": kind, "study_id": study_id, "argv": argv, "workspace": str(base),
         "host": socket.gethostname(), "started": _now_iso(),
     }
     try:

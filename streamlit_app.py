@@ -1,0 +1,20 @@
+"""The kidney_lab app: ``streamlit run streamlit_app.py``.
+
+A short entry file: the page config, the navigation over the pages listed in
+``pages/common.py`` (one line there adds a page), the shared sidebar, and the page itself run
+inside an error guard, so that no page ever shows a stack trace.
+"""
+
+import streamlit as st
+
+from pages import common
+
+st.set_page_config(page_title="kidney_lab", page_icon=":material/nephrology:", layout="wide")
+
+page = st.navigation(
+    [st.Page(info.path, title=info.title, icon=info.icon, default=index == 0)
+     for index, info in enumerate(common.PAGES)]
+)
+common.sidebar()
+with common.shown_errors(f"showing the {page.title} page"), common.inside_app():
+    page.run()
