@@ -33,7 +33,7 @@ from kidney_lab.evaluation import store
 from kidney_lab.models import registry
 
 SPLIT_KINDS = ("random", "grouped", store.EXTERNAL_KIND)
-FAITHFULNESS_FILE = "faithfulness.json"
+FAITHFULNESS_FILE = store.FAITHFULNESS_FILE
 # The explanation method whose faithfulness scores the leaderboard shows.
 FAITHFULNESS_METHOD = "gradcam"
 
@@ -46,6 +46,13 @@ COLUMNS = (
     "weights", "image_size", "epochs", "train_seconds", "params", "model_bytes",
     "ms_per_image_batch_1", "ms_per_image_batch_32", "pointing_game", "energy_in_mask", "path",
 )
+
+# Whether a higher ("max") or lower ("min") value of a column is better, for best_in_group.
+BEST_DIRECTIONS = {
+    "accuracy": "max", "macro_f1": "max", "balanced_accuracy": "max", "macro_auc": "max",
+    "ece": "min", "loss": "min", "ms_per_image_batch_1": "min", "ms_per_image_batch_32": "min",
+    "pointing_game": "max", "energy_in_mask": "max",
+}
 
 
 def leaderboard(
@@ -118,6 +125,32 @@ def leaderboard(
     return table
 
 
+def best_in_group(table: pd.DataFrame, directions: dict[str, str] | None = None) -> pd.DataFrame:
+    """Which cells hold the best value of their column among the rows of their comparable group.
+
+    A score is only "best" against rows measured on the same images, so each group is judged
+    alone, and a group with fewer than two scored rows has no best. Tied rows are all best.
+
+    Args:
+        table: a leaderboard (see :func:`leaderboard`), possibly with rows filtered out.
+        directions: column -> ``"max"`` or ``"min"`` (default :data:`BEST_DIRECTIONS`);
+            columns missing from ``table`` are left out.
+
+    Returns:
+        A boolean DataFrame with ``table``'s index and one column per judged column.
+    """
+    chosen = {column: way for column, way in (directions or BEST_DIRECTIONS).items() if column in table.columns}
+    best = pd.DataFrame(False, index=table.index, columns=list(chosen))
+    for _group, members in table.groupby("comparable_group", sort=False):
+        for column, way in chosen.items():
+            values = pd.to_numeric(members[column], errors="coerce").dropna()
+            if len(values) < 2:
+                continue
+            target = values.max() if way == "max" else values.min()
+            best.loc[values.index[values == target], column] = True
+    return best
+
+
 def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict[str, Any]:
     """The leaderboard row of one stored evaluation, scores recomputed from its predictions."""
     scores = metrics_module.compute_metrics(predictions)
@@ -153,7 +186,8 @@ def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict
             "ms_per_image_batch_32": stored.get("ms_per_image_batch_32"),
         }
     )
-    row.update(_faithfulness(record.path, row["dataset_fingerprint"], external))
+    # explain-eval stores the scores of an external folder next to that evaluation.
+    row.update(_faithfulness(store.evaluation_folder(record.path, source), row["dataset_fingerprint"], external))
     return row
 
 

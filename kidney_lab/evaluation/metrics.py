@@ -185,6 +185,24 @@ def compute_metrics(
     }
 
 
+def confusion_rates(matrix: Any) -> np.ndarray:
+    """A confusion matrix with each row divided by its total (rows true, columns predicted).
+
+    Cell ``[i, j]`` is the share of the images of true class ``i`` that were predicted as ``j``;
+    the diagonal is each class's recall. A row without images is all NaN, not zero, so a class
+    missing from the data is never shown as a class the model always gets wrong.
+
+    Raises:
+        PredictionsError: ``matrix`` is not a square table of non-negative counts.
+    """
+    counts = np.asarray(matrix, dtype=float)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or not np.isfinite(counts).all() or (counts < 0).any():
+        raise PredictionsError("A confusion matrix must be a square table of non-negative counts.")
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, counts / totals, np.nan)
+
+
 def roc_curves(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """One-vs-rest ROC curves of every class (sklearn ``roc_curve``).
 

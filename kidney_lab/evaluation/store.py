@@ -30,6 +30,8 @@ from kidney_lab.evaluation import metrics as metrics_module
 TEST_SOURCE = "test"
 EXTERNAL_FOLDER = "external"
 EXTERNAL_KIND = "external"
+# Written by kidney_lab.explain.faithfulness next to the evaluation it measured.
+FAITHFULNESS_FILE = "faithfulness.json"
 # Dataset fingerprints are hex digests (kidney_lab.fileio.short_hash); nothing else may name a
 # folder under external/, so a source can never lead outside the run folder.
 _FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{6,64}")
@@ -141,6 +143,32 @@ def load_metrics(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> 
         raise EvaluationError(f"{path} cannot be read ({error}); evaluate the run again.") from None
     if not isinstance(payload, dict):
         raise EvaluationError(f"{path} does not hold a JSON object; evaluate the run again.")
+    return payload
+
+
+def load_faithfulness(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> dict[str, Any] | None:
+    """The heat-map faithfulness scores measured on one evaluation's images, if measured.
+
+    ``python -m kidney_lab explain-eval`` writes them next to the evaluation they belong to:
+    ``<run>/faithfulness.json`` for the test split, ``<run>/external/<fingerprint>/`` for a
+    folder (see :mod:`kidney_lab.explain.faithfulness`).
+
+    Returns:
+        The stored object (``methods`` by explanation method, ``baselines``, ``images``, ...),
+        or ``None`` when faithfulness was never measured there.
+
+    Raises:
+        EvaluationError: an invalid source, or a file that is not a JSON object with ``methods``.
+    """
+    path = evaluation_folder(run_dir, source) / FAITHFULNESS_FILE
+    try:
+        payload = fileio.read_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"{path} cannot be read ({error}); measure it again with explain-eval.") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("methods"), dict):
+        raise EvaluationError(f"{path} holds no faithfulness scores by method; measure it again with explain-eval.")
     return payload
 
 

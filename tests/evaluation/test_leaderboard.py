@@ -154,3 +154,38 @@ def test_unevaluated_and_broken_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_an_empty_workspace_gives_an_empty_table(tmp_path: Path) -> None:
     board = leaderboard_module.leaderboard(tmp_path / "nothing")
     assert board.empty and board.attrs["skipped"] == [] and "No evaluated runs" in board.attrs["note"]
+
+
+def test_best_in_group_judges_each_group_alone(workspace) -> None:
+    table = leaderboard_module.leaderboard(workspace["base"])
+    best = leaderboard_module.best_in_group(table)
+    assert list(best.index) == list(table.index)
+    grouped = table["split"] == "grouped"
+    strong = grouped & (table["run_id"] == workspace["strong"].name)
+    # Within the grouped pair the stronger run has the higher accuracy and so is the best.
+    assert best.loc[strong, "accuracy"].all() and best.loc[grouped, "accuracy"].sum() == 1
+    # Lower is better for the calibration error: the best cell holds the group's minimum.
+    assert table.loc[best["ece"] & grouped, "ece"].iloc[0] == table.loc[grouped, "ece"].min()
+    # A group with a single row has nothing to be best against.
+    assert not best.loc[~grouped].any().any()
+    # A column with one value in the group (pointing game of the strong run only) has no best.
+    assert not best["pointing_game"].any()
+
+
+def test_best_in_group_marks_ties_and_skips_missing_columns() -> None:
+    table = pd.DataFrame({"comparable_group": ["g", "g", "g"], "accuracy": [0.9, 0.9, 0.5], "ece": [0.1, None, 0.2]})
+    best = leaderboard_module.best_in_group(table)
+    assert list(best.columns) == ["accuracy", "ece"]
+    assert best["accuracy"].tolist() == [True, True, False] and best["ece"].tolist() == [True, False, False]
+
+
+def test_faithfulness_of_an_external_folder_shows_on_its_row(tmp_path: Path) -> None:
+    run = fake_run(tmp_path, "vit", random_table(30, seed=3))
+    write_evaluation(run, "dddd77778888", random_table(20, seed=4, prefix="/external/y"), split_kind="external")
+    fileio.atomic_write_json(
+        store.evaluation_folder(run, "dddd77778888") / leaderboard_module.FAITHFULNESS_FILE,
+        {"fingerprint": "dddd77778888", "methods": {"gradcam": {"pointing_game": 0.25, "energy_in_mask": 0.5}}},
+    )
+    board = leaderboard_module.leaderboard(tmp_path).set_index("evaluated_on")
+    assert board.loc["dddd77778888", "pointing_game"] == 0.25
+    assert pd.isna(board.loc["test", "pointing_game"])

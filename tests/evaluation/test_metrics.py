@@ -144,3 +144,22 @@ def test_nonsense_tables_are_refused_with_a_reason(edit, message) -> None:
 def test_reliability_refuses_a_bad_bin_count() -> None:
     with pytest.raises(metrics.PredictionsError, match="at least 1"):
         metrics.reliability(known_table(), bins=0)
+
+
+def test_confusion_rates_divide_each_true_class_by_its_images(known) -> None:
+    scores = known
+    rates = metrics.confusion_rates(scores["confusion_matrix"])
+    assert np.allclose(rates.sum(axis=1), 1.0)
+    # The diagonal is each class's recall.
+    assert np.allclose(np.diag(rates), [scores["per_class"][name]["recall"] for name in CLASS_NAMES])
+    # One Cyst of two was called Normal.
+    assert rates[0, 1] == pytest.approx(0.5)
+
+
+def test_confusion_rates_leave_a_class_without_images_undefined() -> None:
+    rates = metrics.confusion_rates([[3, 1], [0, 0]])
+    assert rates[0].tolist() == [0.75, 0.25] and np.isnan(rates[1]).all()
+    with pytest.raises(metrics.PredictionsError, match="square"):
+        metrics.confusion_rates([[1, 2, 3]])
+    with pytest.raises(metrics.PredictionsError, match="non-negative"):
+        metrics.confusion_rates([[1, -2], [0, 1]])

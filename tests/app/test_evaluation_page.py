@@ -1,0 +1,218 @@
+"""The Evaluation page with AppTest: one run, two runs, links, damaged files, another folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kidney_lab import fileio
+from kidney_lab import runs
+from kidney_lab.evaluation import metrics
+from kidney_lab.evaluation import stats
+from kidney_lab.evaluation import store
+from tests.app.helpers import texts
+
+PAGE = "pages/evaluation.py"
+MISSING_RUN = "20990101-000000-vit-abcdef"
+
+
+def _no_exception(app) -> None:
+    assert not app.exception, [element.value for element in app.exception]
+
+
+def _metrics(app) -> dict[str, str]:
+    return {element.label: element.value for element in app.metric}
+
+
+def _open(open_app, workspace: Path, **params: str):
+    """The Evaluation page, opened by a link carrying ``params`` (as the Leaderboard does)."""
+    app = open_app(workspace)
+    app.query_params.update(params)
+    app.switch_page(PAGE).run()
+    return app
+
+
+def _copy_runs(tiny_study, workspace: Path, *models: str) -> list[Path]:
+    workspace.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copytree(tiny_study.runs[model], workspace / tiny_study.runs[model].name)) for model in models]
+
+
+@pytest.mark.slow
+def test_one_run_is_drawn_from_its_stored_predictions(open_app, tiny_study):
+    run = tiny_study.runs["mobilenetv2"]
+    app = _open(open_app, tiny_study.workspace, run=run.name)
+    _no_exception(app)
+    assert not app.error, [element.value for element in app.error]
+    assert app.selectbox(key="evaluation_run").value == run.name
+    expected = metrics.compute_metrics(store.load_predictions(run))
+    shown = _metrics(app)
+    assert shown["Images"] == str(expected["images"])
+    assert shown["Accuracy"] == f"{expected['accuracy']:.3f}"
+    assert shown["Macro F1"] == f"{expected['macro_f1']:.3f}"
+    assert shown["ECE"] == f"{expected['ece']:.3f}"
+    low, high = expected["intervals"]["accuracy"]
+    assert f"95% CI {low:.3f}–{high:.3f}" in texts(app)
+    headings = [element.value for element in app.subheader]
+    for heading in ("Confusion matrix", "Per class", "ROC and precision-recall curves", "Calibration",
+                    "Training curves", "Images of one cell", "Heat-map faithfulness"):
+        assert heading in headings
+    per_class = app.dataframe[0].value.set_index("class")
+    for name in expected["classes"]:
+        assert per_class.loc[name, "recall"] == pytest.approx(expected["per_class"][name]["recall"])
+        assert per_class.loc[name, "support"] == expected["per_class"][name]["support"]
+    # confusion, per-class bars, ROC, PR, reliability, loss and accuracy curves.
+    assert len(app.get("plotly_chart")) == 7
+    # The URL names what is shown, so the view can be shared.
+    assert app.query_params["run"] == run.name and app.query_params["source"] == "test"
+
+
+@pytest.mark.slow
+def test_a_cell_shows_its_images_with_their_probabilities(open_app, tiny_study):
+    run = tiny_study.runs["vit"]
+    table = store.load_predictions(run)
+    app = _open(open_app, tiny_study.workspace, run=run.name)
+    true_label, predicted_label = table.iloc[0]["true_label"], table.iloc[0]["predicted_label"]
+    app.selectbox(key="evaluation_cell_true").set_value(true_label).run()
+    app.selectbox(key="evaluation_cell_predicted").set_value(predicted_label).run()
+    _no_exception(app)
+    cell = table[(table["true_label"] == true_label) & (table["predicted_label"] == predicted_label)]
+    images = app.get("image")
+    assert len(images) == min(len(cell), 24)
+    first = cell.sort_values(f"prob_{predicted_label}", ascending=False).iloc[0]
+    assert f"P({predicted_label}) {first[f'prob_{predicted_label}']:.2f}" in texts(app)
+
+
+@pytest.mark.slow
+def test_a_link_to_a_run_that_does_not_exist_says_so(open_app, tiny_study):
+    app = _open(open_app, tiny_study.workspace, run=MISSING_RUN)
+    _no_exception(app)
+    assert any(f"There is no evaluated run `{MISSING_RUN}`" in element.value for element in app.error)
+    # The page still shows a run that exists.
+    assert app.selectbox(key="evaluation_run").value in {path.name for path in tiny_study.runs.values()}
+    assert "Confusion matrix" in [element.value for element in app.subheader]
+
+
+@pytest.mark.slow
+def test_two_runs_get_mcnemars_test_and_the_confusion_difference(open_app, tiny_study):
+    run_a, run_b = tiny_study.runs["resnet50"], tiny_study.runs["vit"]
+    app = _open(open_app, tiny_study.workspace, run=run_a.name, compare=run_b.name)
+    _no_exception(app)
+    assert not app.error, [element.value for element in app.error]
+    assert app.segmented_control(key="evaluation_mode").value == "Compare two runs"
+    expected = stats.mcnemar(store.load_predictions(run_a), store.load_predictions(run_b))
+    assert _metrics(app)["p-value (exact, two-sided)"] == f"{expected['p_value']:.3g}"
+    counts = app.dataframe[0].value
+    assert counts.loc["A right", "B wrong"] == expected["only_a_right"]
+    assert counts.loc["A wrong", "B right"] == expected["only_b_right"]
+    assert counts.to_numpy().sum() == expected["images"]
+    shown = texts(app)
+    assert f"The models disagree on {expected['only_a_right'] + expected['only_b_right']:,}" in shown or \
+        "right and wrong on exactly the same" in shown
+    assert "Confusion matrix difference (B minus A)" in [element.value for element in app.subheader]
+
+
+@pytest.mark.slow
+def test_two_runs_on_other_images_are_refused(open_app, tiny_study, tmp_path):
+    workspace = tmp_path / "workspace"
+    run_a, run_b = _copy_runs(tiny_study, workspace, "resnet50", "vit")
+    # B's test predictions now cover only half of the images: not the same images as A's.
+    table = store.load_predictions(run_b)
+    table.iloc[: len(table) // 2].to_csv(store.predictions_path(run_b), index=False)
+    app = _open(open_app, workspace, run=run_a.name, compare=run_b.name)
+    _no_exception(app)
+    assert any("cannot be compared" in element.value and "not evaluations of the same images" in element.value
+               for element in app.error)
+    assert "Confusion matrix difference (B minus A)" not in [element.value for element in app.subheader]
+
+
+@pytest.mark.slow
+def test_nonsense_predictions_give_a_clear_error(open_app, tiny_study, tmp_path):
+    workspace = tmp_path / "workspace"
+    (run,) = _copy_runs(tiny_study, workspace, "vit")
+    table = pd.read_csv(store.predictions_path(run))
+    table["prob_Cyst"] = "lots"
+    table.to_csv(store.predictions_path(run), index=False)
+    app = _open(open_app, workspace, run=run.name)
+    _no_exception(app)
+    message = next(element.value for element in app.error)
+    assert "probabilities that are not numbers" in message and "evaluate the run again" in message
+    assert "Something unexpected" not in texts(app)
+    assert "Confusion matrix" not in [element.value for element in app.subheader]
+
+
+@pytest.mark.slow
+def test_evaluating_another_folder_adds_an_evaluation(open_app, tiny_study, tmp_path):
+    workspace = tmp_path / "workspace"
+    (run,) = _copy_runs(tiny_study, workspace, "vit")
+    app = _open(open_app, workspace, run=run.name)
+    app.text_input[0].input(str(tmp_path / "nowhere"))
+    next(button for button in app.button if button.label == "Evaluate").click().run()
+    _no_exception(app)
+    assert any("does not exist" in element.value for element in app.error)
+    assert [item["source"] for item in store.list_evaluations(run)] == ["test"]
+
+    app.text_input[0].input(str(tiny_study.data))
+    next(button for button in app.button if button.label == "Evaluate").click().run()
+    _no_exception(app)
+    assert not app.error, [element.value for element in app.error]
+    sources = [item["source"] for item in store.list_evaluations(run)]
+    assert len(sources) == 2 and sources[0] == "test"
+    assert app.selectbox(key="evaluation_source").value == sources[1]
+    expected = metrics.compute_metrics(store.load_predictions(run, sources[1]))
+    assert _metrics(app)["Images"] == str(expected["images"])
+    assert any("Evaluated on" in element.value for element in app.success)
+
+
+@pytest.mark.slow
+def test_faithfulness_is_shown_where_it_was_measured(open_app, tiny_study, tmp_path):
+    workspace = tmp_path / "workspace"
+    (run,) = _copy_runs(tiny_study, workspace, "vit")
+    app = _open(open_app, workspace, run=run.name)
+    assert "Not measured for this evaluation" in texts(app)
+    fingerprint = runs.read_run(run).info["dataset_fingerprint"]
+    fileio.atomic_write_json(run / store.FAITHFULNESS_FILE, {
+        "fingerprint": fingerprint, "images": 9, "baselines": {"pointing_game": 0.125, "energy_in_mask": 0.0625},
+        "methods": {"gradcam": {"pointing_game": 0.75, "energy_in_mask": 0.375, "deletion_auc": None}},
+    })
+    app = _open(open_app, workspace, run=run.name)
+    _no_exception(app)
+    table = app.dataframe[-1].value
+    # Scores that were not measured leave their column out; the others are the stored ones.
+    assert list(table.columns) == ["method", "pointing_game", "energy_in_mask"]
+    assert table.iloc[0].tolist() == ["gradcam", 0.75, 0.375]
+    shown = texts(app)
+    assert "Measured on 9 images" in shown and "Deletion and insertion curves were not measured" in shown
+    assert "pointing game 0.125, energy in mask 0.062" in shown
+    board = open_app(workspace, page="pages/leaderboard.py").dataframe[0].value
+    assert board["pointing_game"].tolist() == [0.75] and board["energy_in_mask"].tolist() == [0.375]
+
+
+@pytest.mark.parametrize("page, message", [
+    (PAGE, "No evaluated run in this workspace yet. The workspace holds 1 run(s) without a stored evaluation"),
+    ("pages/leaderboard.py", "The workspace holds 1 run(s), but none has a stored evaluation yet"),
+])
+def test_runs_without_an_evaluation_are_explained(open_app, tmp_path, page, message):
+    workspace = tmp_path / "workspace"
+    runs.create_run(workspace, runs.new_run_id("vit"), {"model": "vit"})
+    app = open_app(workspace, page=page)
+    _no_exception(app)
+    assert not app.error and not app.dataframe
+    assert message in texts(app)
+
+
+@pytest.mark.parametrize("page, message", [
+    (PAGE, "No evaluated run in this workspace yet"),
+    ("pages/leaderboard.py", "No trained model in this workspace yet"),
+])
+def test_an_empty_workspace_says_where_runs_come_from(open_app, tmp_path, page, message):
+    app = open_app(tmp_path / "workspace", page=page)
+    _no_exception(app)
+    assert not app.error and not app.dataframe and not app.button
+    assert message in texts(app)
+    labels = [element.proto.label for element in app.get("page_link")]
+    assert labels == ["Home: build the demo study", "Train: train on your dataset"]
+    # Looking is not writing: an empty workspace stays uncreated.
+    assert not (tmp_path / "workspace").exists()

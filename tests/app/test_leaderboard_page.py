@@ -1,0 +1,113 @@
+"""The Leaderboard page with AppTest: the tiny study, filters, per-run actions, deleting a run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kidney_lab import runs
+from kidney_lab.evaluation.leaderboard import leaderboard
+from tests.app.helpers import texts
+
+PAGE = "pages/leaderboard.py"
+
+
+def _no_exception(app) -> None:
+    assert not app.exception, [element.value for element in app.exception]
+
+
+def _button(app, label: str):
+    return next(button for button in app.button if button.label == label)
+
+
+@pytest.fixture
+def two_run_workspace(tiny_study, tmp_path: Path) -> Path:
+    """A workspace holding copies of two of the tiny study's runs (safe to delete from)."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    for model in ("vit", "mobilenetv2"):
+        shutil.copytree(tiny_study.runs[model], workspace / tiny_study.runs[model].name)
+    return workspace
+
+
+@pytest.mark.slow
+def test_the_tiny_study_is_ranked_from_its_stored_predictions(open_app, tiny_study):
+    app = open_app(tiny_study.workspace, page=PAGE, data=tiny_study.data)
+    _no_exception(app)
+    assert not app.error, [element.value for element in app.error]
+    shown = texts(app)
+    assert "All rows were evaluated on the same images" in shown
+    assert "Group A**: 5 row(s) on the same" in shown
+    table = app.dataframe[0].value
+    assert len(table) == 5 and set(table["group"]) == {"A"}
+    assert sorted(table["rank"].tolist()) == sorted(leaderboard(tiny_study.workspace)["rank"].tolist())
+    # Every number shown is the library's, recomputed from predictions.csv: score and interval.
+    expected = leaderboard(tiny_study.workspace).set_index("run_id")
+    for row in table.itertuples(index=False):
+        truth = expected.loc[row.run]
+        assert row.accuracy == (f"{truth['accuracy']:.3f} ({truth['accuracy_ci_low']:.3f}–"
+                                f"{truth['accuracy_ci_high']:.3f})")
+        assert row.split == "grouped" and row.images == truth["images"]
+    assert len(app.get("plotly_chart")) == 1
+    labels = [element.proto.label for element in app.get("download_button")]
+    assert labels == ["Download CSV", "Download model card"]
+
+
+@pytest.mark.slow
+def test_filters_narrow_the_table(open_app, tiny_study):
+    app = open_app(tiny_study.workspace, page=PAGE)
+    app.toggle(key="leaderboard_external").set_value(False).run()
+    assert len(app.dataframe[0].value) == 5
+    app.selectbox(key="leaderboard_study").set_value(tiny_study.study_id).run()
+    assert len(app.dataframe[0].value) == 5
+    # The tiny study has grouped rows only, so the filter offers no other kind.
+    assert app.selectbox(key="leaderboard_split").options == ["All", "grouped"]
+    _no_exception(app)
+
+
+@pytest.mark.slow
+def test_open_in_evaluation_carries_the_run(open_app, tiny_study):
+    app = open_app(tiny_study.workspace, page=PAGE)
+    chosen = tiny_study.runs["resnet50"].name
+    key = f"{chosen}|test"
+    app.selectbox(key="leaderboard_row").set_value(key).run()
+    _button(app, "Open in Evaluation").click().run()
+    _no_exception(app)
+    assert app.title[0].value == "Evaluation"
+    assert app.selectbox(key="evaluation_run").value == chosen
+    assert app.query_params["run"] == chosen
+
+
+@pytest.mark.slow
+def test_delete_asks_first_and_removes_the_run(open_app, two_run_workspace):
+    app = open_app(two_run_workspace, page=PAGE)
+    keys = app.selectbox(key="leaderboard_row").options
+    doomed = app.selectbox(key="leaderboard_row").value.split("|")[0]
+    assert len(keys) == 2
+    _button(app, "Delete run ...").click().run()
+    assert any("removed from the workspace for good" in element.value for element in app.warning)
+    _button(app, "Keep it").click().run()
+    assert (two_run_workspace / doomed).is_dir()
+    assert "Delete for good" not in [button.label for button in app.button]
+    _button(app, "Delete run ...").click().run()
+    _button(app, "Delete for good").click().run()
+    _no_exception(app)
+    assert not (two_run_workspace / doomed).exists()
+    assert any(f"Deleted run {doomed}" in element.value for element in app.success)
+    assert len(app.dataframe[0].value) == 1
+
+
+@pytest.mark.slow
+def test_a_run_still_training_is_not_deleted(open_app, two_run_workspace):
+    app = open_app(two_run_workspace, page=PAGE)
+    busy = app.selectbox(key="leaderboard_row").value.split("|")[0]
+    # The run claims to be running in this (live) process.
+    runs.write_status(two_run_workspace / busy, {"state": runs.RUNNING, "phase": "training"})
+    _button(app, "Delete run ...").click().run()
+    _button(app, "Delete for good").click().run()
+    _no_exception(app)
+    assert (two_run_workspace / busy).is_dir()
+    assert any("still running" in element.value and "cancel its training job first" in element.value
+               for element in app.error)
