@@ -6,7 +6,7 @@ its result. bench/out/ is ignored by git.
 
 Run from the repository root::
 
-    python bench/run_all.py [--only audit,pipeline,training]
+    python bench/run_all.py [--only audit,pipeline,training,explain]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
-BENCHMARKS = ("audit", "pipeline", "training")
+BENCHMARKS = ("audit", "pipeline", "training", "explain")
 
 
 def run(name: str) -> int:

@@ -126,6 +126,66 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(train)
     train.set_defaults(handler=_run_train)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="predict a run's test split, or an external folder, and store predictions and metrics"
+    )
+    evaluate.add_argument("run", metavar="RUN_DIR", help="run folder, or run id in the workspace")
+    evaluate.add_argument("--data", type=Path, default=None,
+                          help="external dataset folder (Kaggle layout); default: the run's own test split")
+    _add_workspace(evaluate)
+    _add_json(evaluate)
+    evaluate.set_defaults(handler=_run_evaluate)
+
+    board = commands.add_parser("leaderboard", help="rank evaluated runs, only against runs tested on the same images")
+    board.add_argument("--study", default=None, help="only runs of this study id")
+    board.add_argument("--split", choices=("random", "grouped", "external"), default=None,
+                       help="only rows evaluated on this kind of split")
+    board.add_argument("--fingerprint", default=None, help="only rows evaluated on the dataset with this fingerprint")
+    board.add_argument("--no-external", action="store_true", help="leave out evaluations of external folders")
+    board.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV to FILE")
+    _add_workspace(board)
+    _add_json(board)
+    board.set_defaults(handler=_run_leaderboard)
+
+    card = commands.add_parser("model-card", help="write a run's model card (Markdown) from its stored files")
+    card.add_argument("run", metavar="RUN_DIR", help="run folder, or run id in the workspace")
+    _add_workspace(card)
+    _add_json(card)
+    card.set_defaults(handler=_run_model_card)
+
+    explain = commands.add_parser(
+        "explain", help="predict one image with one or more runs and save each run's heat map and overlay as PNG"
+    )
+    explain.add_argument("image", metavar="IMAGE", type=Path, help="the scan (PNG, JPEG, BMP, TIFF, GIF or DICOM)")
+    explain.add_argument("--runs", required=True, help="comma-separated run folders or run ids")
+    explain.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, scorecam or layercam")
+    explain.add_argument("--target", default=None,
+                         help="class every heat map explains (Cyst, Normal, Stone, Tumor); default: each model's prediction")
+    explain.add_argument("--opacity", type=float, default=0.4, help="weight of the heat map in the overlay, 0 to 1 (0.4)")
+    explain.add_argument("--colormap", default="turbo", help="turbo (default), jet, viridis or inferno")
+    explain.add_argument("--out", type=Path, default=Path("explanations"), help="folder for the PNG files (./explanations)")
+    _add_workspace(explain)
+    _add_json(explain)
+    explain.set_defaults(handler=_run_explain)
+
+    explain_eval = commands.add_parser(
+        "explain-eval", help="measure how faithful a run's heat maps are and store it in the run (faithfulness.json)"
+    )
+    explain_eval.add_argument("run", metavar="RUN_DIR", help="run folder, or run id in the workspace")
+    explain_eval.add_argument("--data", type=Path, default=None,
+                              help="dataset folder (Kaggle layout); default: the run's own test split")
+    explain_eval.add_argument("--methods", default="gradcam", help="comma-separated methods, or all (gradcam)")
+    explain_eval.add_argument("--max-images", type=_positive_int, default=200,
+                              help="at most this many images, spread over the classes (200)")
+    explain_eval.add_argument("--steps", type=_positive_int, default=20, help="points of each deletion/insertion curve (20)")
+    explain_eval.add_argument("--no-curves", action="store_true", help="skip the deletion and insertion curves (much faster)")
+    explain_eval.add_argument("--no-sanity-check", action="store_true",
+                              help="skip the model-randomisation check (Spearman correlation with random weights)")
+    explain_eval.add_argument("--seed", type=int, default=0, help="seed of the image choice and random orders (0)")
+    _add_workspace(explain_eval)
+    _add_json(explain_eval)
+    explain_eval.set_defaults(handler=_run_explain_eval)
+
     models = commands.add_parser("models", help="list the registry's models and their facts")
     _add_json(models)
     models.set_defaults(handler=_run_models)
@@ -138,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs of every model (default: each model's recipe in kidney_lab/demo.py)")
     demo.add_argument("--models", default="all", help="all (default), or comma-separated registry names")
     demo.add_argument("--seed", type=int, default=None, help="random seed (0)")
+    demo.add_argument("--study-id", default=None, help=argparse.SUPPRESS)
     _add_workspace(demo)
     _add_json(demo)
     demo.set_defaults(handler=_run_demo)
@@ -241,11 +302,16 @@ def _run_train(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def _format_study(result) -> str:
+    from kidney_lab.runs import read_run
+
     lines = [f"Study {result.study_id} (split {result.split_id})"]
     for outcome in result.runs:
         score = ""
         if outcome.metrics:
             score = f"test accuracy {outcome.metrics['accuracy']:.3f} on {outcome.metrics['images']} images"
+            peak = read_run(outcome.path).info.get("peak_rss_mb")
+            if peak is not None:
+                score += f", peak memory {peak:.0f} MB while training"
         lines.append(f"  {outcome.model:<15} {outcome.status:<10} {score or outcome.error or ''}  {outcome.path}")
     return "\n".join(lines)
 
@@ -283,6 +349,146 @@ class _TrainingProgress:
         elif self.last.get(run_id) != key:
             self.last[run_id] = key
             print(line, file=sys.stderr, flush=True)
+
+
+def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
+    _start_tensorflow_quietly()
+    from kidney_lab.evaluation.evaluate import evaluate
+
+    result = evaluate(arguments.run, arguments.data, workspace=arguments.workspace)
+    intervals = result["intervals"]
+    where = "test split" if result["evaluated_on"] == "test" else f"folder {result['data']}"
+    print(f"Run {result['run_id']} ({result['display_name']}) on {result['images']} images of the "
+          f"{where} ({result['split_kind']})")
+    print(f"  accuracy {result['accuracy']:.3f} [{intervals['accuracy'][0]:.3f}, {intervals['accuracy'][1]:.3f}]"
+          f"  macro F1 {result['macro_f1']:.3f} [{intervals['macro_f1'][0]:.3f}, {intervals['macro_f1'][1]:.3f}]"
+          f"  ({intervals['level']:.0%} bootstrap intervals, {intervals['resamples']} resamples)")
+    auc = "n/a" if result["macro_roc_auc"] is None else f"{result['macro_roc_auc']:.3f}"
+    print(f"  balanced accuracy {result['balanced_accuracy']:.3f}  macro AUC {auc}  "
+          f"ECE {result['ece']:.3f}  loss {result['loss']:.3f}")
+    print("  recall " + "  ".join(f"{name} {row['recall']:.2f}" for name, row in result["per_class"].items()))
+    duplicates = result["test_with_duplicate_in_train"]
+    print(f"  images with a duplicate in training: {duplicates if duplicates is not None else 'not counted'}")
+    print(f"Predictions {result['predictions']}\nMetrics {result['metrics']}")
+    fields = ("run_id", "model", "images", "accuracy", "macro_f1", "predictions", "metrics", "evaluated_on",
+              "split_kind", "data", "fingerprint", "balanced_accuracy", "macro_roc_auc", "ece", "loss",
+              "test_with_duplicate_in_train")
+    return {**{field: result[field] for field in fields},
+            "accuracy_ci": intervals["accuracy"], "macro_f1_ci": intervals["macro_f1"]}
+
+
+def _run_leaderboard(arguments: argparse.Namespace) -> dict[str, Any]:
+    _start_tensorflow_quietly()
+    from kidney_lab.evaluation.leaderboard import leaderboard
+
+    table = leaderboard(arguments.workspace, study_id=arguments.study, split=arguments.split,
+                        fingerprint=arguments.fingerprint, include_external=not arguments.no_external)
+    shown = table[["comparable_group", "rank", "display_name", "split", "images", "accuracy", "accuracy_ci_low",
+                   "accuracy_ci_high", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "mcnemar_p_vs_best",
+                   "run_id"]]
+    print(shown.to_string(index=False, float_format=lambda value: f"{value:.3f}") if len(shown) else "No evaluated runs.")
+    print(table.attrs["note"])
+    for entry in table.attrs["skipped"]:
+        print(f"skipped {entry['run_id']}: {entry['reason']}", file=sys.stderr)
+    if arguments.csv:
+        from kidney_lab.fileio import atomic_path
+
+        with atomic_path(arguments.csv) as temporary:
+            table.to_csv(temporary, index=False)
+    rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    return {"rows": rows, "note": table.attrs["note"], "groups": table.attrs["groups"],
+            "skipped": table.attrs["skipped"]}
+
+
+def _run_model_card(arguments: argparse.Namespace) -> dict[str, Any]:
+    _start_tensorflow_quietly()
+    from kidney_lab.evaluation.model_card import write_model_card
+    from kidney_lab.runs import resolve_run
+
+    folder = resolve_run(arguments.run, arguments.workspace)
+    path = write_model_card(folder)
+    print(f"Model card {path}")
+    return {"run_id": folder.name, "model_card": str(path)}
+
+
+def _run_explain(arguments: argparse.Namespace) -> dict[str, Any]:
+    """Explain IMAGE with every run. Exit 0 when at least one run was explained (the others'
+    errors go to stderr as warnings and into the JSON); 1 when none was, or the image is
+    unreadable."""
+    _start_tensorflow_quietly()
+    from kidney_lab.data.scan import read_scan
+    from kidney_lab.errors import ConfigError
+    from kidney_lab.explain import cam, compare, render
+    from kidney_lab.fileio import atomic_write_bytes
+    from kidney_lab.runs import resolve_run
+
+    references = [part.strip() for part in arguments.runs.split(",") if part.strip()]
+    if not references:
+        raise ConfigError("--runs names no run; give run folders or run ids separated by commas.")
+    method = cam.check_method(arguments.method)
+    render.colormap_table(arguments.colormap)
+    if not 0.0 <= arguments.opacity <= 1.0:
+        raise ConfigError(f"--opacity must be between 0 and 1; got {arguments.opacity}.")
+    scan = read_scan(arguments.image)
+    resolved: list[Any] = []
+    for reference in references:
+        try:
+            resolved.append(resolve_run(reference, arguments.workspace))
+        except KidneyLabError:
+            resolved.append(reference)  # explain() reports it for this run alone.
+    report = compare.explain(resolved, scan, method, arguments.target)
+    out = arguments.out.resolve()
+    paths: dict[str, dict[str, str]] = {}
+    for result in report.results:
+        stem = f"{result.run_id}-{method.replace('++', 'pp')}-{result.target.lower()}"
+        files = {"heatmap": out / f"{stem}-heatmap.png", "overlay": out / f"{stem}-overlay.png"}
+        atomic_write_bytes(files["heatmap"], render.to_png(result.heatmap))
+        drawn = render.overlay(scan, result.heatmap, arguments.opacity, arguments.colormap)
+        atomic_write_bytes(files["overlay"], render.to_png(drawn))
+        paths[result.run_id] = {name: str(path) for name, path in files.items()}
+        probability = result.probabilities[result.predicted]
+        print(f"{result.display_name:<19} predicted {result.predicted:<6} ({probability:.2f})  "
+              f"{cam.METHOD_DISPLAY_NAMES[method]} for {result.target:<6} {result.seconds:.2f} s  {files['overlay']}")
+    for failure in report.errors:
+        print(f"warning: run {failure['run_id']}: {failure['message']}", file=sys.stderr)
+    if not report.ok:
+        print(f"error: none of the {len(references)} runs could be explained; see the warnings above",
+              file=sys.stderr)
+        arguments.exit_status = EXIT_FAILURE
+    return {"image": str(arguments.image.resolve()), **compare.report_to_dict(report, paths)}
+
+
+def _run_explain_eval(arguments: argparse.Namespace) -> dict[str, Any]:
+    _start_tensorflow_quietly()
+    from kidney_lab.explain import cam
+    from kidney_lab.explain.faithfulness import evaluate_faithfulness
+    from kidney_lab.runs import resolve_run
+
+    folder = resolve_run(arguments.run, arguments.workspace)
+    text = arguments.methods.strip().lower()
+    methods = cam.METHODS if text == "all" else [part for part in text.split(",") if part.strip()]
+    result = evaluate_faithfulness(
+        folder, arguments.data, methods, arguments.max_images, curves=not arguments.no_curves,
+        sanity_check=not arguments.no_sanity_check, steps=arguments.steps, seed=arguments.seed,
+        progress=_progress_printer("Explaining"),
+    )
+    baselines = result["baselines"]
+
+    def number(value: float | None) -> str:
+        return "   n/a" if value is None else f"{value:6.3f}"
+
+    print(f"Run {result['run_id']} ({result['model']}) on {result['images']} images of "
+          f"{'the test split' if result['data'] == 'test' else result['data']}")
+    print(f"{'method':<11} {'pointing':>8} {'energy':>7} {'deletion':>8} {'random':>7} {'insertion':>9} "
+          f"{'random':>7} {'rho(random weights)':>19} {'seconds':>8}")
+    print(f"{'(chance)':<11} {number(baselines['pointing_game']):>8} {number(baselines['energy_in_mask']):>7}")
+    for method, row in result["methods"].items():
+        print(f"{method:<11} {number(row['pointing_game']):>8} {number(row['energy_in_mask']):>7} "
+              f"{number(row['deletion_auc']):>8} {number(row['random_deletion_auc']):>7} "
+              f"{number(row['insertion_auc']):>9} {number(row['random_insertion_auc']):>7} "
+              f"{number(row['randomization_spearman']):>19} {row['seconds']:8.1f}")
+    print(f"Faithfulness {result['path']}")
+    return result
 
 
 def _run_models(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -324,7 +530,7 @@ def _run_demo(arguments: argparse.Namespace) -> dict[str, Any]:
     print(f"Demo: {4 * settings.per_class} phantoms ({settings.image_size} px, {settings.field_of_view} view), "
           f"{len(settings.models)} models trained from scratch on this machine, one after the other.",
           file=sys.stderr)
-    result = run_demo(settings, arguments.workspace, listener=_TrainingProgress())
+    result = run_demo(settings, arguments.workspace, listener=_TrainingProgress(), study_id=arguments.study_id)
     seconds = time.perf_counter() - started
     print(_format_study(result))
     print(f"Demo finished in {seconds:.0f} s. Start the app with: streamlit run streamlit_app.py")

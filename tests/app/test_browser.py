@@ -70,3 +70,28 @@ def test_pages_on_the_tiny_study(browser, app_server, screenshots, tiny_study):
             screenshots(page, f"tiny-study-{path or 'home'}")
         finally:
             page.close()
+
+
+@pytest.mark.slow
+def test_compare_page_explains_an_uploaded_scan(browser, app_server, screenshots, tiny_study):
+    url = app_server(tiny_study.workspace, data=tiny_study.data)
+    scan = sorted(next(folder for folder in tiny_study.data.rglob("Tumor") if folder.is_dir()).glob("*.png"))[0]
+    page = open_page(browser, f"{url}/compare")
+    try:
+        check_page(page, "Compare")
+        # The real dropzone, as a user's file dialog fills it.
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(scan))
+        overlays = "[data-testid='stMain'] [data-testid='stImage'] img"
+        # The scan itself and one overlay per model; the first explanation loads the five models.
+        page.wait_for_function(f"() => document.querySelectorAll(\"{overlays}\").length >= 6",
+                               timeout=LOAD_SECONDS * 2000)
+        # The row ends with the probability chart and the agreement, drawn after the overlays.
+        page.wait_for_selector("[data-testid='stPlotlyChart']", state="attached", timeout=LOAD_SECONDS * 1000)
+        page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']",
+                               timeout=LOAD_SECONDS * 1000)
+        text = check_page(page, "Compare")
+        assert page.locator(overlays).count() == 6
+        assert "not a diagnosis" in text
+        screenshots(page, "tiny-study-compare")
+    finally:
+        page.close()

@@ -1,0 +1,615 @@
+"""Class activation maps of a trained run: Grad-CAM, Grad-CAM++, Score-CAM and LayerCAM.
+
+The Compare page explains every upload with all five models, so this is the program's hot
+path. Three things keep it fast:
+
+- a run's model is loaded once and each method's explainer is built once, then kept in a
+  bounded least-recently-used cache keyed by the run folder, the model file's modification
+  time and size, and the method (:func:`load_explainer`); explainers of one run share one
+  loaded model;
+- the probabilities and the class activation map come from one compiled ``tf.function`` per
+  explainer (traced once: the model's input size is fixed): one forward pass yields the
+  logits and the CAM layer's activations, and the gradient of the target logit with respect
+  to those activations only runs back through the head. There is no separate predict call;
+- what depends on the scan's own size (cropping the padding, resizing to the scan) happens
+  outside the compiled function on the small CAM grid, with Pillow.
+
+How a map is made. The CAM layer is the registry's (``ModelSpec.cam_layer``): a CNN's last
+convolutional block, or the ViT's token grid laid out as ``(grid, grid, dim)``, treated
+exactly like a convolutional map. With activations ``A`` (``h x w x C``) and the gradient
+``G`` of the target class's logit (the score before the softmax, as in the Grad-CAM paper):
+
+- ``gradcam``: weights = mean of ``G`` over the grid, map = ReLU(sum_c weight_c A_c);
+- ``gradcam++``: the closed-form second-order weights of Chattopadhyay et al. (2018), as
+  tf-keras-vis computes them; the paper's ``exp(score)`` factor cancels in the alphas and only
+  scales the map, so it is left out (large logits would overflow float32);
+- ``layercam``: map = ReLU(sum_c ReLU(G_c) * A_c), per position (Jiang et al., 2021). All five
+  models pool the CAM layer globally before their classifier, so ``G`` is the same at every
+  position of a channel; then Grad-CAM++'s alphas are uniform and Grad-CAM++ and LayerCAM give
+  the same map (both are Grad-CAM with negative channel weights clipped to zero);
+- ``scorecam``: Faster Score-CAM: the :data:`SCORECAM_CHANNELS` channels of largest spatial
+  standard deviation are upsampled to the input size, scaled to [0, 1] and used as masks on
+  the raw pixels (0 = black, so masking blacks out); each channel's weight is the target
+  probability of its masked image, map = ReLU(sum_c weight_c A_c). It costs one forward pass
+  per channel on top of the first.
+
+A map can be no finer than its grid: about input/32 for the CNNs (7x7 at 224 px, 3x3 at
+96 px; InceptionV3's ``mixed10`` is 8x8 at 299 px but 1x1 below 107 px, where its map is flat)
+and input/16 for the ViT.
+
+The map on the ``h x w`` grid is resized bilinearly (pixel centres aligned, as a strided
+feature map sits on its input) onto the model input's content box, i.e. the padding that
+:func:`kidney_lab.data.pipeline.prepare_scan` added around a non-square scan is cropped off,
+and the result has the scan's own height and width. It is then scaled per image to [0, 1];
+the range before scaling is kept as ``raw_min``/``raw_max``. A map with no range (for
+example every position ReLU'd to zero) becomes all zeros with ``raw_min == raw_max``.
+
+tf-keras-vis provides the model surgery (``ReplaceToLinear`` makes the explainer's private
+copy of the model output logits, ``ExtractIntermediateLayerForGradcam`` adds the CAM layer as
+an output) and the reference implementations the tests compare against.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tf_keras_vis.utils import model_modifiers
+
+from kidney_lab import errors
+from kidney_lab import runs
+from kidney_lab.data import classes
+from kidney_lab.data import pipeline
+from kidney_lab.data import scan as scan_module
+from kidney_lab.models import registry
+
+METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam", "layercam")
+METHOD_DISPLAY_NAMES: dict[str, str] = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "scorecam": "Score-CAM",
+    "layercam": "LayerCAM",
+}
+# Faster Score-CAM: channels of the CAM layer used as masks (those of largest spatial spread),
+# and at most how many input pixels the masked images that go through the model at once hold
+# (16 images at 224 px; all 32 at once below about 160 px).
+SCORECAM_CHANNELS = 32
+SCORECAM_BATCH_PIXELS = 16 * 224 * 224
+# Explainers kept by load_explainer: five models with two methods each, plus a spare.
+CACHE_SIZE = 12
+
+ImageInput = scan_module.Scan | bytes | str | os.PathLike | np.ndarray
+
+
+class ExplainError(errors.KidneyLabError):
+    """A run cannot be explained (its run.json lacks what is needed, or a method failed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """One model's prediction and heat map for one scan.
+
+    Attributes:
+        run_id: the run folder's name.
+        model: registry name of the model (``"resnet50"``).
+        display_name: the name people use (``"ResNet50"``).
+        method: one of :data:`METHODS`.
+        probabilities: class -> probability, in :data:`kidney_lab.data.classes.CLASS_NAMES`
+            order.
+        predicted: the class of highest probability.
+        target: the class the heat map explains (``predicted`` unless another was asked for).
+        heatmap: float32 ``(H, W)`` at the scan's own size, scaled per image to [0, 1].
+        raw_min: the map's minimum before scaling.
+        raw_max: the map's maximum before scaling (equal to ``raw_min`` for a flat map).
+        seconds: wall-clock time of this model's part: the compiled pass and the resizing,
+            plus making the model input unless it was made already (by :func:`explain` for an
+            earlier model of the same input size).
+    """
+
+    run_id: str
+    model: str
+    display_name: str
+    method: str
+    probabilities: dict[str, float]
+    predicted: str
+    target: str
+    heatmap: np.ndarray = dataclasses.field(repr=False)
+    raw_min: float
+    raw_max: float
+    seconds: float
+
+    @property
+    def raw_heatmap(self) -> np.ndarray:
+        """The heat map in its units before scaling: ``heatmap * (raw_max - raw_min) + raw_min``."""
+        return self.heatmap * np.float32(self.raw_max - self.raw_min) + np.float32(self.raw_min)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the heat map, as JSON-ready values."""
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "display_name": self.display_name,
+            "method": self.method,
+            "predicted": self.predicted,
+            "target": self.target,
+            "probabilities": dict(self.probabilities),
+            "raw_min": self.raw_min,
+            "raw_max": self.raw_max,
+            "seconds": self.seconds,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class CamResult:
+    """What one compiled pass returns, on the model's input grid (before any resizing).
+
+    Attributes:
+        probabilities: float ``(classes,)``.
+        target: index of the class explained.
+        grid: float32 ``(h, w)`` class activation map on the CAM layer's grid.
+    """
+
+    probabilities: np.ndarray
+    target: int
+    grid: np.ndarray
+
+
+class LoadedRun:
+    """A run's model, loaded once and shared by the explainers of all methods.
+
+    Attributes:
+        run_id: the run folder's name (or a label for a model not loaded from a run).
+        spec: the model's registry entry.
+        image_size: the model's input side in pixels.
+        graph: a private copy of the model that outputs ``[logits, CAM activations]``.
+    """
+
+    def __init__(self, model: keras.Model, spec: registry.ModelSpec, image_size: int, run_id: str) -> None:
+        """Prepare ``model`` (which this object then owns and changes) for explanation.
+
+        Raises:
+            kidney_lab.models.registry.ModelLoadError: the model's input size is not
+                ``image_size``, or it lacks the registry's CAM layer or output layer.
+        """
+        self.run_id = run_id
+        self.spec = spec
+        self.image_size = image_size
+        shape = tuple(model.input_shape)
+        if shape[1:3] != (image_size, image_size):
+            raise registry.ModelLoadError(
+                f"Run {run_id}: the model takes {shape[1:3]} images but run.json says "
+                f"{image_size} px; the run folder is inconsistent."
+            )
+        names = {layer.name for layer in model.layers}
+        for needed in (spec.cam_layer, registry.OUTPUT_LAYER):
+            if needed not in names:
+                raise registry.ModelLoadError(
+                    f"Run {run_id}: the {spec.display_name} model has no layer {needed!r}, so it "
+                    "cannot be explained; it was not built by kidney_lab's registry."
+                )
+        # The softmax becomes linear on this private copy so the graph outputs logits: the
+        # score Grad-CAM differentiates and the one a saturated softmax would flatten.
+        model_modifiers.ReplaceToLinear()(model)
+        self.graph = model_modifiers.ExtractIntermediateLayerForGradcam(
+            spec.cam_layer, seek_conv_layer=False
+        )(model)
+        graph = self.graph
+
+        # Its own function object, for the reason given in Explainer.__init__.
+        def probabilities(pixels: tf.Tensor) -> tf.Tensor:
+            logits, _ = graph(pixels, training=False)
+            return tf.nn.softmax(tf.cast(logits, tf.float32))
+
+        self._predict = tf.function(
+            probabilities, input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.float32)]
+        )
+
+    def predict(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities ``(n, classes)`` of raw 0-255 inputs ``(n, S, S, 3)``."""
+        chunks = [
+            self._predict(tf.constant(pixels[start:start + batch_size], tf.float32)).numpy()
+            for start in range(0, len(pixels), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(classes.CLASS_NAMES)), np.float32)
+
+
+class Explainer:
+    """Explains scans with one method and one run's model; build with :func:`load_explainer`."""
+
+    def __init__(self, loaded: LoadedRun, method: str) -> None:
+        """Compile the method's pass for ``loaded`` (traced on the first call).
+
+        Raises:
+            kidney_lab.errors.ConfigError: an unknown method.
+        """
+        self.loaded = loaded
+        self.method = check_method(method)
+        size = loaded.image_size
+        signature = [tf.TensorSpec((1, size, size, 3), tf.float32), tf.TensorSpec((), tf.int32)]
+        body = self._score_cam if self.method == "scorecam" else self._gradient_cam
+
+        # A function object of its own per explainer: TensorFlow counts traces per Python
+        # function, and one shared bound method would look like needless retracing.
+        def compiled_pass(pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            return body(pixels, target)
+
+        self._pass = tf.function(compiled_pass, input_signature=signature)
+
+    @property
+    def run_id(self) -> str:
+        """The run folder's name."""
+        return self.loaded.run_id
+
+    @property
+    def model_name(self) -> str:
+        """The registry name of the model."""
+        return self.loaded.spec.name
+
+    @property
+    def display_name(self) -> str:
+        """The model's display name."""
+        return self.loaded.spec.display_name
+
+    @property
+    def image_size(self) -> int:
+        """The model's input side in pixels."""
+        return self.loaded.image_size
+
+    @property
+    def traces(self) -> int:
+        """How often the compiled pass was traced (1 once it has run: one graph per explainer)."""
+        return self._pass.experimental_get_tracing_count()
+
+    def explain(self, scan_or_image: ImageInput, target: str | int | None = None) -> Explanation:
+        """Predict one scan and explain one class.
+
+        Args:
+            scan_or_image: a :class:`kidney_lab.data.scan.Scan`, a path, file bytes, or an
+                array (see :func:`load_image`).
+            target: the class to explain (name, case-insensitive, or output index); None
+                explains the predicted class.
+
+        Raises:
+            kidney_lab.errors.ScanReadError: the image cannot be read.
+            kidney_lab.errors.ConfigError: an unknown target class.
+        """
+        scan = load_image(scan_or_image)
+        return self.explain_prepared(scan, None, target_index(target))
+
+    def explain_prepared(self, scan: scan_module.Scan, pixels: np.ndarray | None, target: int) -> Explanation:
+        """:meth:`explain` for a scan already read, with its model input when already made.
+
+        Args:
+            scan: the scan.
+            pixels: ``prepare_scan(scan.image, self.image_size)``, or None to make it here.
+            target: class index, or -1 for the predicted class.
+        """
+        started = time.perf_counter()
+        if pixels is None:
+            pixels = pipeline.prepare_scan(scan.image, self.image_size)
+        result = self.cam(pixels, target)
+        height, width = scan.image.shape[:2]
+        raw = grid_to_scan(result.grid, self.image_size, height, width)
+        heatmap, low, high = normalise(raw)
+        probabilities = {name: float(p) for name, p in zip(classes.CLASS_NAMES, result.probabilities)}
+        return Explanation(
+            run_id=self.run_id,
+            model=self.model_name,
+            display_name=self.display_name,
+            method=self.method,
+            probabilities=probabilities,
+            predicted=classes.CLASS_NAMES[int(np.argmax(result.probabilities))],
+            target=classes.CLASS_NAMES[result.target],
+            heatmap=heatmap,
+            raw_min=low,
+            raw_max=high,
+            seconds=time.perf_counter() - started,
+        )
+
+    def cam(self, pixels: np.ndarray, target: int = -1) -> CamResult:
+        """Run the compiled pass on one model input ``(1, S, S, 3)`` of raw 0-255 pixels.
+
+        Args:
+            pixels: the model input, as :func:`kidney_lab.data.pipeline.prepare_scan` makes it.
+            target: class index, or -1 for the predicted class.
+        """
+        probabilities, index, grid = self._pass(tf.constant(pixels, tf.float32), tf.constant(target, tf.int32))
+        return CamResult(probabilities.numpy(), int(index.numpy()), grid.numpy().astype(np.float32))
+
+    def _forward(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        logits, activations = self.loaded.graph(pixels, training=False)
+        logits = tf.cast(logits, tf.float32)
+        activations = tf.cast(activations, tf.float32)
+        index = tf.where(target >= 0, target, tf.argmax(logits[0], output_type=tf.int32))
+        return logits, activations, index, tf.nn.softmax(logits[0])
+
+    def _gradient_cam(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        # tf-keras-vis runs a fresh eager pass per call and computes the map in NumPy, so the
+        # forward pass, the gradient and the weighting are fused into this one graph instead.
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(pixels)
+            logits, activations, index, probabilities = self._forward(pixels, target)
+            score = tf.gather(logits[0], index)
+        gradients = tape.gradient(score, activations)
+        cam = _WEIGHTINGS[self.method](activations[0], gradients[0])
+        return probabilities, index, cam
+
+    def _score_cam(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        # tf-keras-vis' Scorecam upsamples with SciPy and predicts with model.predict on every
+        # call; the same Faster Score-CAM runs here inside one compiled graph.
+        _, activations, index, probabilities = self._forward(pixels, target)
+        maps = activations[0]
+        channels = min(SCORECAM_CHANNELS, int(maps.shape[-1]))
+        _, top = tf.math.top_k(tf.math.reduce_std(maps, axis=[0, 1]), k=channels)
+        chosen = tf.gather(maps, top, axis=-1)
+        size = self.image_size
+        upsampled = tf.image.resize(chosen[None], (size, size), method="bilinear")[0]
+        low = tf.reduce_min(upsampled, axis=[0, 1], keepdims=True)
+        high = tf.reduce_max(upsampled, axis=[0, 1], keepdims=True)
+        masks = tf.math.divide_no_nan(upsampled - low, high - low)
+        masked = pixels * tf.transpose(masks, [2, 0, 1])[..., None]
+        batch = scorecam_batch(channels, size)
+        weights = []
+        for start in range(0, channels, batch):
+            logits, _ = self.loaded.graph(masked[start:start + batch], training=False)
+            weights.append(tf.gather(tf.nn.softmax(tf.cast(logits, tf.float32)), index, axis=1))
+        weights = tf.concat(weights, axis=0)
+        return probabilities, index, tf.nn.relu(tf.reduce_sum(chosen * weights, axis=-1))
+
+
+def scorecam_batch(channels: int, image_size: int) -> int:
+    """How many of Score-CAM's ``channels`` masked images go through the model at once."""
+    return max(1, min(channels, SCORECAM_BATCH_PIXELS // (image_size * image_size)))
+
+
+def _grad_cam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    weights = tf.reduce_mean(gradients, axis=[0, 1])
+    return tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1))
+
+
+def _grad_cam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    squared = gradients**2
+    cubed = squared * gradients
+    total = tf.reduce_sum(activations, axis=[0, 1], keepdims=True)
+    denominator = 2.0 * squared + cubed * total
+    denominator += tf.cast(squared == 0.0, denominator.dtype)
+    alphas = squared / denominator
+    norm = tf.reduce_sum(alphas, axis=[0, 1], keepdims=True)
+    alphas /= norm + tf.cast(norm == 0.0, norm.dtype)
+    weights = tf.reduce_sum(tf.nn.relu(gradients) * alphas, axis=[0, 1])
+    return tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1))
+
+
+def _layer_cam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    return tf.nn.relu(tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1))
+
+
+_WEIGHTINGS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
+    "gradcam": _grad_cam,
+    "gradcam++": _grad_cam_plus_plus,
+    "layercam": _layer_cam,
+}
+
+
+# Inputs and geometry ------------------------------------------------------------------------
+
+
+def check_method(method: str) -> str:
+    """The method's canonical name (case and ``-``/``_`` ignored: ``"Grad-CAM++"`` works).
+
+    Raises:
+        kidney_lab.errors.ConfigError: an unknown method (the message lists the known ones).
+    """
+    key = str(method).strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    if key in METHODS:
+        return key
+    raise errors.ConfigError(f"Unknown explanation method {method!r}; choose from {', '.join(METHODS)}.")
+
+
+def target_index(target: str | int | None) -> int:
+    """The output index of a target class name (case-insensitive) or index; -1 for None.
+
+    Raises:
+        kidney_lab.errors.ConfigError: an unknown class name or an index out of range.
+    """
+    if target is None:
+        return -1
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        if 0 <= int(target) < len(classes.CLASS_NAMES):
+            return int(target)
+    else:
+        name = classes.match_class(str(target))
+        if name is not None:
+            return classes.class_index(name)
+    raise errors.ConfigError(
+        f"Unknown target class {target!r}; choose from {', '.join(classes.CLASS_NAMES)}."
+    )
+
+
+def load_image(image: ImageInput) -> scan_module.Scan:
+    """Turn any accepted image into a :class:`~kidney_lab.data.scan.Scan`.
+
+    Paths and bytes go through :func:`kidney_lab.data.scan.read_scan`. An array is
+    ``(H, W)`` or ``(H, W, 1|3|4)`` (alpha dropped), uint8 in 0-255 or float in [0, 1].
+
+    Raises:
+        kidney_lab.errors.ScanReadError: what read_scan rejects, or an array of another shape,
+            type or range, or smaller than :data:`kidney_lab.data.scan.MIN_SIDE`.
+    """
+    if isinstance(image, scan_module.Scan):
+        return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return scan_module.read_scan(bytes(image))
+    if isinstance(image, (str, os.PathLike)):
+        return scan_module.read_scan(image)
+    if isinstance(image, np.ndarray):
+        return _scan_from_array(image)
+    raise errors.ScanReadError(
+        f"Cannot read an image from a {type(image).__name__}; give a path, file bytes, a Scan "
+        "or an array."
+    )
+
+
+def _scan_from_array(array: np.ndarray) -> scan_module.Scan:
+    values = array[..., None] if array.ndim == 2 else array
+    if values.ndim != 3 or values.shape[-1] not in (1, 3, 4):
+        raise errors.ScanReadError(
+            f"An image array must be (H, W) or (H, W, 1, 3 or 4 channels); got shape {array.shape}."
+        )
+    height, width = values.shape[:2]
+    if min(height, width) < scan_module.MIN_SIDE or height * width > scan_module.MAX_PIXELS:
+        raise errors.ScanReadError(
+            f"An image array of {width}x{height} pixels is outside what a CT slice can be "
+            f"(at least {scan_module.MIN_SIDE} px a side, at most {scan_module.MAX_PIXELS:,} pixels)."
+        )
+    values = values[..., :3] if values.shape[-1] == 4 else values
+    if values.dtype == np.uint8:
+        image = values.astype(np.float32) / 255.0
+    elif np.issubdtype(values.dtype, np.floating):
+        image = values.astype(np.float32)
+        if not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
+            raise errors.ScanReadError(
+                "A float image array must hold finite values in [0, 1]; pass 0-255 images as uint8."
+            )
+    else:
+        raise errors.ScanReadError(
+            f"An image array must be uint8 (0-255) or float (0-1); got {values.dtype}."
+        )
+    image = np.ascontiguousarray(np.broadcast_to(image, (height, width, 3)))
+    image.setflags(write=False)
+    metadata = {"format": "array", "width": width, "height": height, "mode": str(array.dtype), "notes": []}
+    return scan_module.Scan(image=image, metadata=metadata)
+
+
+def content_box(height: int, width: int, image_size: int) -> tuple[int, int, int, int]:
+    """Where a ``height x width`` scan lies in the square model input that prepare_scan makes.
+
+    The arithmetic is :func:`kidney_lab.data.pipeline.resize_with_pad`'s, in float32 with
+    round-half-to-even as TensorFlow does it (a test checks the two agree).
+
+    Returns:
+        ``(top, left, content_height, content_width)`` in input pixels.
+    """
+    size = np.float32(image_size)
+    scale = min(size / np.float32(height), size / np.float32(width))
+    content_height = max(1, int(np.round(np.float32(height) * scale)))
+    content_width = max(1, int(np.round(np.float32(width) * scale)))
+    return (image_size - content_height) // 2, (image_size - content_width) // 2, content_height, content_width
+
+
+def grid_to_scan(grid: np.ndarray, image_size: int, height: int, width: int) -> np.ndarray:
+    """Resize a CAM grid onto the scan: crop the padding and resize to ``(height, width)``.
+
+    The grid covers the whole ``image_size`` square input; the part over the scan's content
+    box is resampled bilinearly with pixel centres aligned (one step, no intermediate image).
+
+    Returns:
+        float32 ``(height, width)``.
+    """
+    top, left, content_height, content_width = content_box(height, width, image_size)
+    rows, columns = grid.shape
+    box = (
+        left * columns / image_size,
+        top * rows / image_size,
+        (left + content_width) * columns / image_size,
+        (top + content_height) * rows / image_size,
+    )
+    picture = Image.fromarray(np.ascontiguousarray(grid, dtype=np.float32))
+    return np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR, box=box), dtype=np.float32)
+
+
+def grid_to_input(grid: np.ndarray, image_size: int) -> np.ndarray:
+    """Resize a CAM grid bilinearly to the whole ``image_size`` square input (padding included)."""
+    picture = Image.fromarray(np.ascontiguousarray(grid, dtype=np.float32))
+    resized = picture.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def normalise(raw: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Scale a map to [0, 1] by its own minimum and maximum; a flat map becomes zeros.
+
+    Returns:
+        The scaled float32 map, the minimum and the maximum before scaling.
+    """
+    low, high = float(raw.min()), float(raw.max())
+    if not high > low:
+        return np.zeros(raw.shape, np.float32), low, high
+    return ((raw - low) / (high - low)).astype(np.float32), low, high
+
+
+# Loading and the cache ---------------------------------------------------------------------
+
+_cache: collections.OrderedDict[tuple[str, int, int, str], Explainer] = collections.OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
+    """Load a run's model for explanation (no cache; :func:`load_explainer` caches).
+
+    Raises:
+        kidney_lab.runs.RunNotFoundError: no run folder there.
+        kidney_lab.models.registry.ModelLoadError: the model cannot be loaded or explained.
+        ExplainError: run.json lacks the model name or input size.
+    """
+    folder = runs.resolve_run(run_dir)
+    record = runs.read_run(folder)
+    model_name, size = record.info.get("model"), record.info.get("image_size")
+    if not model_name or not isinstance(size, int):
+        reason = record.problem or "run.json names no model or image size"
+        raise ExplainError(f"Run {folder.name} cannot be explained: {reason}.")
+    spec = registry.get_spec(model_name)
+    model = registry.load_model(folder / runs.MODEL_FILE)
+    return LoadedRun(model, spec, size, folder.name)
+
+
+def load_explainer(run_dir: str | os.PathLike[str], method: str = "gradcam") -> Explainer:
+    """The explainer of a run and method, from the cache or built now.
+
+    The cache holds :data:`CACHE_SIZE` explainers, least recently used dropped first, keyed by
+    the run folder's absolute path, the model file's modification time and size (so a
+    retrained model is reloaded) and the method; explainers of one run share its model.
+
+    Raises:
+        kidney_lab.errors.ConfigError: an unknown method.
+        kidney_lab.runs.RunNotFoundError, kidney_lab.models.registry.ModelLoadError,
+        ExplainError: see :func:`load_run`.
+    """
+    method = check_method(method)
+    folder = runs.resolve_run(run_dir)
+    try:
+        stat = (folder / runs.MODEL_FILE).stat()
+        model_key = (str(folder), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return Explainer(load_run(folder), method)  # load_run raises the reason.
+    key = (*model_key, method)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        sibling = next((explainer for other, explainer in _cache.items() if other[:3] == model_key), None)
+        explainer = Explainer(sibling.loaded if sibling is not None else load_run(folder), method)
+        _cache[key] = explainer
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+        return explainer
+
+
+def clear_cache() -> None:
+    """Drop every cached explainer (and with them the models they hold)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def cached_explainers() -> list[tuple[str, str]]:
+    """``(run folder, method)`` of every cached explainer, least recently used first."""
+    with _cache_lock:
+        return [(Path(key[0]).name, key[3]) for key in _cache]

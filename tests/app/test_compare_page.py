@@ -1,0 +1,180 @@
+"""The Compare page with AppTest: real uploads (PNG, DICOM, a bad file), runs, methods, missing models.
+
+AppTest in Streamlit 1.67 drives ``st.file_uploader`` (``set_value`` with (name, bytes, mime)
+tuples), so the uploads here go through the page's own uploader. Every prediction the page shows
+is checked against :func:`kidney_lab.explain.explain` on the same bytes and runs. The models of
+the tiny study are barely trained: the tests compare the page with the library, never with the
+truth.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kidney_lab import explain as explain_module
+from kidney_lab import runs
+from kidney_lab.data.classes import CLASS_NAMES
+from kidney_lab.models import registry
+from tests.app.helpers import texts
+
+PAGE = "pages/compare.py"
+# A caption under an overlay: "Tumor · 87.3%" (or ">99.9%" / "<0.1%").
+RESULT_CAPTION = re.compile(r"^(?P<label>" + "|".join(CLASS_NAMES) + r") · (?P<percent>[<>]?[\d.]+)%")
+
+
+def _phantom_bytes(data: Path, label: str) -> bytes:
+    """The bytes of the first phantom PNG of class ``label``."""
+    folder = next(folder for folder in data.rglob(label) if folder.is_dir())
+    return sorted(folder.glob("*.png"))[0].read_bytes()
+
+
+def _dicom_bytes(png: bytes) -> bytes:
+    """A CT DICOM (MONOCHROME2, slope 1, intercept -1024, no window of its own) of a PNG slice.
+
+    Grey 0-255 becomes -160..240 HU, so the kidney window (width 400, level 40) that the reader
+    uses for CT without a window gives back the PNG's grey levels.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+    hu = grey / 255.0 * 400.0 - 160.0
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "CT"
+    dataset.Rows, dataset.Columns = hu.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
+    dataset.RescaleSlope, dataset.RescaleIntercept = 1, -1024
+    dataset.PixelData = np.round(hu + 1024).astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _shown_results(app) -> list[tuple[str, str]]:
+    """(class, percent text) of every overlay caption, in the page's order."""
+    found = []
+    for caption in app.caption:
+        match = RESULT_CAPTION.match(str(caption.value))
+        if match:
+            found.append((match["label"], match["percent"]))
+    return found
+
+
+def _expected(report) -> list[tuple[str, float]]:
+    return [(result.predicted, 100 * result.probabilities[result.predicted]) for result in report.results]
+
+
+def _assert_same(shown: list[tuple[str, str]], expected: list[tuple[str, float]]) -> None:
+    assert [label for label, _ in shown] == [label for label, _ in expected]
+    for (_, text), (_, value) in zip(shown, expected):
+        if text.startswith(">"):
+            assert value >= 99.9
+        elif text.startswith("<"):
+            assert value < 0.1
+        else:
+            assert abs(float(text) - value) <= 0.051
+
+
+def _no_exception(app) -> None:
+    assert not app.exception, [element.value for element in app.exception]
+
+
+def test_an_empty_workspace_says_what_to_do(open_app, tmp_path):
+    app = open_app(tmp_path / "workspace", page=PAGE)
+    _no_exception(app)
+    assert "No trained model in this workspace yet" in texts(app)
+    assert not app.file_uploader, "nothing to upload to without a model"
+    assert not (tmp_path / "workspace").exists()
+
+
+@pytest.fixture(scope="module")
+def study_runs(tiny_study) -> list[Path]:
+    """The tiny study's runs in the registry's order (the order of the page's columns)."""
+    return [tiny_study.runs[name] for name in registry.MODEL_NAMES]
+
+
+@pytest.mark.slow
+def test_png_dicom_and_a_bad_file_show_the_library_s_predictions(open_app, tiny_study, study_runs, monkeypatch):
+    png = _phantom_bytes(tiny_study.data, "Tumor")
+    dicom = _dicom_bytes(_phantom_bytes(tiny_study.data, "Cyst"))
+    app = open_app(tiny_study.workspace, page=PAGE)
+    _no_exception(app)
+    assert "missing" not in texts(app), "all five architectures are in the tiny study"
+    app.file_uploader[0].set_value([
+        ("tumor.png", png, "image/png"),
+        ("notes.png", b"these are my notes, not a scan", "image/png"),
+        ("slice", dicom, "application/octet-stream"),
+    ]).run()
+    _no_exception(app)
+    # The bad file is reported by name; the PNG and the DICOM are still compared.
+    assert len(app.error) == 1 and "notes.png" in app.error[0].value
+    shown = _shown_results(app)
+    assert len(shown) == 2 * len(study_runs)
+    _assert_same(shown[:5], _expected(explain_module.explain(study_runs, png)))
+    _assert_same(shown[5:], _expected(explain_module.explain(study_runs, dicom)))
+    shown_text = texts(app)
+    assert "CT" in shown_text and "window" in shown_text, "the DICOM's modality and window are shown"
+    assert [box.label for box in app.selectbox if box.label == "DICOM window"], "DICOM shows the window picker"
+    assert "not a diagnosis" in shown_text
+    assert len(app.get("plotly_chart")) == 2
+    assert [button.label for button in app.get("download_button")] == ["Overlays (PNG, zipped)", "Predictions (CSV)"]
+
+    # The opacity slider re-blends cached heat maps: nothing is explained again.
+    calls = []
+    original = explain_module.explain
+    monkeypatch.setattr(explain_module, "explain", lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs))
+    app.slider(key="compare-opacity").set_value(0.8).run()
+    _no_exception(app)
+    assert calls == [] and len(_shown_results(app)) == 10
+
+    # Another method explains again, with the same predictions.
+    app.segmented_control(key="compare-method").set_value("layercam").run()
+    _no_exception(app)
+    assert len(calls) == 2 * len(study_runs)
+    assert _shown_results(app) == shown
+
+    # Another target class: each map says which class it explains.
+    app.selectbox(key="compare-target").set_value("Stone").run()
+    _no_exception(app)
+    stone_maps = [caption.value for caption in app.caption if "map of Stone" in str(caption.value)]
+    not_stone = sum(label != "Stone" for label, _ in shown)
+    assert len(stone_maps) == not_stone
+
+
+@pytest.mark.slow
+def test_fewer_than_five_models_and_a_broken_run(open_app, tiny_study, tmp_path):
+    workspace = tmp_path / "workspace"
+    for name in ("efficientnetb0", "vit"):
+        shutil.copytree(tiny_study.runs[name], workspace / tiny_study.runs[name].name)
+    broken = workspace / tiny_study.runs["vit"].name / runs.MODEL_FILE
+    broken.write_bytes(b"not a keras file")
+    app = open_app(workspace, page=PAGE)
+    _no_exception(app)
+    shown = texts(app)
+    missing = [registry.get_spec(name).display_name for name in ("mobilenetv2", "resnet50", "inceptionv3")]
+    assert f"2 of 5 architectures have a run chosen; missing: {', '.join(missing)}" in shown
+    # Links to the Train page and Home (url paths "train" and ""), where the missing models are made.
+    assert {link.proto.page for link in app.get("page_link")} >= {"train", ""}
+
+    png = _phantom_bytes(tiny_study.data, "Stone")
+    app.file_uploader[0].set_value(("stone.png", png, "image/png")).run()
+    _no_exception(app)
+    # EfficientNetB0 works; the broken ViT is reported in its own slot; the others say none chosen.
+    expected = explain_module.explain([workspace / tiny_study.runs["efficientnetb0"].name], png)
+    _assert_same(_shown_results(app), _expected(expected))
+    assert len(app.error) == 1 and tiny_study.runs["vit"].name in app.error[0].value
+    assert sum(caption.value == "no run chosen" for caption in app.caption) == 3

@@ -1,0 +1,233 @@
+"""Class activation maps: every model and method, one compiled pass, the cache, targets, geometry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from tf_keras_vis.gradcam import Gradcam
+from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+from tf_keras_vis.layercam import Layercam
+from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+from tf_keras_vis.utils.scores import CategoricalScore
+
+from kidney_lab import errors
+from kidney_lab import runs
+from kidney_lab.data import classes
+from kidney_lab.data import pipeline
+from kidney_lab.explain import cam
+from kidney_lab.models import registry
+from tests.explain.conftest import lesion_phantom, non_square
+from tests.helpers import encode
+
+
+@pytest.mark.parametrize("method", cam.METHODS)
+@pytest.mark.parametrize("model", registry.MODEL_NAMES)
+def test_every_model_and_method_gives_a_finite_map_of_the_scan_size(tiny_study, model, method) -> None:
+    explainer = cam.load_explainer(tiny_study.runs[model], method)
+    scan = non_square(lesion_phantom("Tumor"))
+    result = explainer.explain(scan)
+    again = explainer.explain(lesion_phantom("Cyst"), target="Normal")
+
+    assert result.heatmap.shape == scan.shape and result.heatmap.dtype == np.float32
+    assert np.isfinite(result.heatmap).all()
+    assert result.heatmap.min() >= 0.0 and result.heatmap.max() <= 1.0
+    assert result.raw_max >= result.raw_min
+    assert result.heatmap.max() == (1.0 if result.raw_max > result.raw_min else 0.0)
+    assert list(result.probabilities) == list(classes.CLASS_NAMES)
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert result.target == result.predicted == max(result.probabilities, key=result.probabilities.get)
+    assert (result.model, result.method, result.run_id) == (model, method, tiny_study.runs[model].name)
+    assert result.display_name == registry.get_spec(model).display_name
+    assert again.heatmap.shape == (64, 64) and again.target == "Normal"
+    assert explainer.traces == 1, "the compiled pass must be traced once per explainer"
+
+
+REFERENCES = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "layercam": Layercam}
+
+
+@pytest.mark.parametrize("method", sorted(REFERENCES))
+@pytest.mark.parametrize("model", ["mobilenetv2", "vit"])
+def test_gradient_maps_equal_tf_keras_vis(model, method) -> None:
+    # Random weights: the comparison is of the arithmetic, and a barely trained model can have
+    # no positive evidence for any class (every map ReLU'd to zero), which would prove nothing.
+    keras.utils.set_random_seed(0)
+    built = registry.create_model(model, 64, "none")
+    reference_model = registry.create_model(model, 64, "none").model
+    reference_model.set_weights(built.model.get_weights())
+    explainer = cam.Explainer(cam.LoadedRun(built.model, built.spec, 64, "random"), method)
+    visualizer = REFERENCES[method](reference_model, model_modifier=ReplaceToLinear(), clone=True)
+    pixels = pipeline.prepare_scan(lesion_phantom("Stone") / 255.0, 64)
+    compared = 0
+    for target in range(len(classes.CLASS_NAMES)):
+        ours = explainer.cam(pixels, target).grid
+        reference = np.asarray(visualizer(
+            CategoricalScore([target]), pixels, penultimate_layer=built.spec.cam_layer,
+            seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False,
+        ))[0]
+        if reference.max() <= 0:
+            # Every position ReLU'd away (a class with no positive evidence): ours must agree.
+            assert ours.max() < 1e-6
+            continue
+        compared += 1
+        # Grad-CAM++ leaves out the exp(score) factor that only scales the map (see cam.py).
+        np.testing.assert_allclose(ours / ours.max(), reference / reference.max(), atol=1e-4)
+        if method != "gradcam++":
+            np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-6 * reference.max())
+    assert compared > 0, "every reference map was empty; the comparison proved nothing"
+
+
+def test_grad_cam_plus_plus_equals_layercam_with_a_pooling_head(tiny_study) -> None:
+    run = tiny_study.runs["mobilenetv2"]
+    pixels = pipeline.prepare_scan(lesion_phantom("Cyst") / 255.0, 80)
+    plus = cam.load_explainer(run, "gradcam++").cam(pixels).grid
+    layer = cam.load_explainer(run, "layercam").cam(pixels).grid
+    np.testing.assert_allclose(plus / plus.max(), layer / layer.max(), atol=1e-5)
+
+
+class CountingGraph:
+    """Wraps the explainer's graph and counts how often the compiled pass calls it."""
+
+    def __init__(self, graph: keras.Model) -> None:
+        self.graph, self.calls = graph, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.graph(*args, **kwargs)
+
+
+def test_probabilities_and_map_come_from_one_forward_pass(vit_run, monkeypatch) -> None:
+    cam.clear_cache()  # A fresh explainer, traced while the graph is counted.
+    explainer = cam.load_explainer(vit_run, "gradcam")
+    counter = CountingGraph(explainer.loaded.graph)
+    monkeypatch.setattr(explainer.loaded, "graph", counter)
+    scans = [lesion_phantom(label, index=3) for label in classes.CLASS_NAMES]
+
+    def no_predict(*args, **kwargs):
+        raise AssertionError("explain must not call a separate predict")
+
+    with monkeypatch.context() as patch:
+        for name in ("predict", "predict_on_batch"):
+            patch.setattr(keras.Model, name, no_predict)
+        results = [explainer.explain(scan) for scan in scans]
+    assert counter.calls == 1, "the traced pass must run the model exactly once"
+    assert explainer.traces == 1
+
+    model = registry.load_model(vit_run / runs.MODEL_FILE)
+    batch = np.concatenate([pipeline.prepare_scan(scan / 255.0, 32) for scan in scans])
+    expected = model.predict(batch, verbose=0)
+    got = np.array([list(result.probabilities.values()) for result in results])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_score_cam_runs_the_model_once_plus_once_per_channel_batch(vit_run, monkeypatch) -> None:
+    cam.clear_cache()  # A fresh explainer, traced while the graph is counted.
+    explainer = cam.load_explainer(vit_run, "scorecam")
+    counter = CountingGraph(explainer.loaded.graph)
+    monkeypatch.setattr(explainer.loaded, "graph", counter)
+    explainer.explain(lesion_phantom("Cyst"))
+    channels = min(cam.SCORECAM_CHANNELS, explainer.loaded.graph.graph.outputs[1].shape[-1])
+    assert counter.calls == 1 + -(-channels // cam.scorecam_batch(channels, explainer.image_size))
+    assert cam.scorecam_batch(32, 224) == 16 and cam.scorecam_batch(32, 299) == 8 and cam.scorecam_batch(32, 80) == 32
+
+
+def test_the_cache_reuses_explainers_and_models(run_copy, monkeypatch) -> None:
+    cam.clear_cache()
+    run = run_copy()
+    first = cam.load_explainer(run, "gradcam")
+    assert cam.load_explainer(str(run), "Grad-CAM") is first
+    layer = cam.load_explainer(run, "layercam")
+    assert layer is not first and layer.loaded is first.loaded, "methods of one run share its model"
+
+    model_file = run / runs.MODEL_FILE
+    stat = model_file.stat()
+    os.utime(model_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    reloaded = cam.load_explainer(run, "gradcam")
+    assert reloaded is not first and reloaded.loaded is not first.loaded, "a changed model file is reloaded"
+
+    monkeypatch.setattr(cam, "CACHE_SIZE", 2)
+    cam.clear_cache()
+    for method in ("gradcam", "layercam", "gradcam++"):
+        cam.load_explainer(run, method)
+    assert cam.cached_explainers() == [(run.name, "layercam"), (run.name, "gradcam++")]
+
+
+def test_a_target_can_be_chosen(vit_run) -> None:
+    explainer = cam.load_explainer(vit_run, "gradcam")
+    scan = lesion_phantom("Stone")
+    default = explainer.explain(scan)
+    maps = {name: explainer.explain(scan, target=name.lower()) for name in classes.CLASS_NAMES}
+    assert default.target == default.predicted
+    assert all(result.target == name for name, result in maps.items())
+    assert explainer.explain(scan, target=2).target == classes.CLASS_NAMES[2]
+    assert maps[default.predicted].heatmap.tobytes() == default.heatmap.tobytes()
+    raw = [result.raw_heatmap for result in maps.values()]
+    assert any(not np.allclose(raw[0], other) for other in raw[1:]), "every target gave the same map"
+    for bad in ("Kidney", 4, -1, True):
+        with pytest.raises(errors.ConfigError, match="Cyst, Normal, Stone, Tumor"):
+            explainer.explain(scan, target=bad)
+
+
+def test_an_unknown_method_is_refused_with_the_choices(vit_run) -> None:
+    with pytest.raises(errors.ConfigError, match="gradcam, gradcam\\+\\+, scorecam, layercam"):
+        cam.load_explainer(vit_run, "saliency")
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (48, 64), (64, 48), (37, 100), (100, 37), (301, 17), (16, 999)])
+@pytest.mark.parametrize("size", [32, 80, 299])
+def test_content_box_is_where_prepare_scan_puts_the_scan(shape, size) -> None:
+    pixels = pipeline.prepare_scan(np.ones(shape + (3,), np.float32), size)[0, :, :, 0]
+    rows, columns = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+    top, left, height, width = cam.content_box(*shape, size)
+    assert (top, left, height, width) == (rows[0], columns[0], len(rows), len(columns))
+
+
+def test_a_map_of_the_model_input_maps_back_onto_a_non_square_scan() -> None:
+    scan = np.zeros((60, 150), np.uint8)
+    scan[40:52, 110:124] = 255  # A bright square low on the right.
+    size = 32
+    pixels = pipeline.prepare_scan(scan / 255.0, size)[0, :, :, 0]
+    back = cam.grid_to_scan(pixels, size, *scan.shape)
+    assert back.shape == scan.shape
+    row, column = np.unravel_index(np.argmax(back), back.shape)
+    assert 40 - 3 <= row < 52 + 3 and 110 - 3 <= column < 124 + 3
+    assert np.corrcoef(back.ravel(), scan.ravel().astype(float))[0, 1] > 0.8
+    # Without cropping the padding the square would land about 13 rows too low (or be lost).
+    uncropped = np.asarray(cam.grid_to_input(pixels, size))
+    assert np.argmax(uncropped.max(axis=1)) != row
+
+
+def test_a_flat_map_normalises_to_zeros() -> None:
+    heat, low, high = cam.normalise(np.full((5, 7), 0.25, np.float32))
+    assert not heat.any() and low == high == 0.25
+    heat, low, high = cam.normalise(np.array([[1.0, 3.0]], np.float32))
+    assert heat.tolist() == [[0.0, 1.0]] and (low, high) == (1.0, 3.0)
+
+
+def test_images_are_accepted_as_paths_bytes_scans_and_arrays(tmp_path: Path) -> None:
+    pixels = lesion_phantom("Cyst")
+    path = tmp_path / "slice.png"
+    path.write_bytes(encode(pixels))
+    from_path = cam.load_image(path)
+    for image in (str(path), encode(pixels), from_path, pixels, pixels / 255.0, np.dstack([pixels] * 3)):
+        np.testing.assert_allclose(cam.load_image(image).image, from_path.image, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((8, 8), np.uint8), "at least 16 px"),
+        (np.zeros((32, 32, 2), np.uint8), "must be \\(H, W\\)"),
+        (np.full((32, 32), 2.0), "finite values in \\[0, 1\\]"),
+        (np.full((32, 32), np.nan), "finite values in \\[0, 1\\]"),
+        (np.zeros((32, 32), np.int64), "uint8"),
+        (b"not an image at all", "."),
+        (12, "give a path, file bytes"),
+    ],
+)
+def test_bad_images_are_refused_with_a_reason(image, message) -> None:
+    with pytest.raises(errors.ScanReadError, match=message):
+        cam.load_image(image)
