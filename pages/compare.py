@@ -21,7 +21,6 @@ as a diagnosis. Uploads stay in memory and are never written to disk.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import csv
 import dataclasses
 import hashlib
@@ -383,19 +382,6 @@ def model_key(record: runs.RunRecord) -> tuple[str, int, int]:
     return str(record.path), stat.st_mtime_ns, stat.st_size
 
 
-@st.cache_resource(max_entries=1)
-def explain_worker() -> concurrent.futures.ThreadPoolExecutor:
-    """The one long-lived thread that runs every explanation of this app process.
-
-    Streamlit runs each script run in a new thread, and the first TensorFlow call of a new
-    thread is slow (measured with ``streamlit run`` on the demo study: about 4 s for the five
-    models, against 0.3 s for the next scan in the same thread). One long-lived thread pays
-    that once; it also queues the explanations of concurrent sessions instead of letting them
-    fight over the CPU cores.
-    """
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kidney_lab-explain")
-
-
 @st.cache_data(max_entries=CACHED_EXPLANATIONS, ttl=3600, show_spinner=False)
 def explanation(scan_key: tuple[str, str | None], _scan: scan_module.Scan, run_key: tuple[str, int, int],
                 method: str, target: str | None) -> Explanation:
@@ -406,7 +392,7 @@ def explanation(scan_key: tuple[str, str | None], _scan: scan_module.Scan, run_k
     from kidney_lab import explain
     from kidney_lab.explain import cam
 
-    report = explain_worker().submit(explain.explain, [run_key[0]], _scan, method=method, target=target).result()
+    report = explain.explain([run_key[0]], _scan, method=method, target=target)
     if report.errors:
         raise cam.ExplainError(report.errors[0]["message"])
     return report.results[0]
