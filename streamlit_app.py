@@ -10,6 +10,7 @@ import streamlit as st
 from pages import common
 
 st.set_page_config(page_title="kidney_lab", page_icon=":material/nephrology:", layout="wide")
+common.keep_tensorflow_state()
 
 page = st.navigation(
     [st.Page(info.path, title=info.title, icon=info.icon, default=index == 0)

@@ -26,6 +26,7 @@ import datetime
 import logging
 import os
 import runpy
+import sys
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -88,6 +89,31 @@ PAGES: tuple[PageInfo, ...] = (
     PageInfo("pages/evaluation.py", "Evaluation", ":material/analytics:",
              "One run in depth (confusion matrix, curves, calibration, mistakes) or two runs compared."),
 )
+
+
+def keep_tensorflow_state() -> None:
+    """Stop Streamlit from clearing Keras' session after every script run.
+
+    After each run Streamlit calls ``keras.backend.clear_session()``
+    (``script_runner._clean_problem_modules``), which empties TensorFlow's kernel cache, so every
+    cached model rebuilds its kernels on its next call: measured on the demo study (2 cores),
+    3.5-8 s of CPU for five explanations instead of 0.15-0.25 s. The app keeps its models in
+    caches on purpose, so it keeps their kernels too; only the matplotlib part of that clean-up
+    is kept. Harmless if a later Streamlit renames the function: the app is then only slower.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    if getattr(script_runner, "_clean_problem_modules", None) is _close_figures_only:
+        return
+    if hasattr(script_runner, "_clean_problem_modules"):
+        script_runner._clean_problem_modules = _close_figures_only
+
+
+def _close_figures_only() -> None:
+    """What Streamlit's clean-up after a run still does here: close matplotlib figures."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
 
 
 def page_info(path: str) -> PageInfo:
