@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -38,12 +42,41 @@ def make_dataset_folder(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+@contextlib.contextmanager
+def _made_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, dict | None]]:
+    """A folder that one process of the test session fills and every other one reuses.
+
+    Under pytest-xdist (``-n 2``, as in CI) the workers share the session's base folder; the
+    first worker to get here builds under an exclusive lock, the others wait for it and read
+    what it recorded. Yields the folder and the recorded result (None: build it, then set
+    ``record[name]`` via :func:`_record`).
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / "shared" / name
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp(name)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = folder / ".made.json"
+        yield folder, json.loads(done.read_text()) if done.is_file() else None
+
+
+def _record(folder: Path, result: dict) -> None:
+    """Mark a :func:`_made_once` folder complete with ``result`` (JSON) for the other workers."""
+    (folder / ".made.json").write_text(json.dumps(result))
+
+
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small phantom dataset (12 per class, 64 px), made once per test session."""
     from kidney_lab.data.phantom import write_phantom_dataset
 
-    return write_phantom_dataset(tmp_path_factory.mktemp("phantoms"), per_class=12, size=64, seed=0)
+    with _made_once(tmp_path_factory, "phantoms") as (folder, made):
+        if made is None:
+            made = {"root": str(write_phantom_dataset(folder, per_class=12, size=64, seed=0))}
+            _record(folder, made)
+    return Path(made["root"])
 
 
 @pytest.fixture(autouse=True)
@@ -80,13 +113,16 @@ def tiny_study(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """
     from kidney_lab.training import engine
 
-    workspace = tmp_path_factory.mktemp("tiny-study")
-    result = engine.train(
-        engine.TrainConfig(
-            data=phantom_root, epochs=1, image_size=TinyStudy.IMAGE_SIZE, weights="none",
-            batch_size=16, workspace=workspace, augmentation=False, patience=1,
-        )
-    )
-    failed = [run.model for run in result.runs if run.status != "completed"]
-    assert not failed, f"tiny study runs did not complete: {failed}"
-    return TinyStudy(phantom_root, workspace, result.study_id, {run.model: run.path for run in result.runs})
+    with _made_once(tmp_path_factory, "tiny-study") as (workspace, made):
+        if made is None:
+            result = engine.train(
+                engine.TrainConfig(
+                    data=phantom_root, epochs=1, image_size=TinyStudy.IMAGE_SIZE, weights="none",
+                    batch_size=16, workspace=workspace, augmentation=False, patience=1,
+                )
+            )
+            failed = [run.model for run in result.runs if run.status != "completed"]
+            assert not failed, f"tiny study runs did not complete: {failed}"
+            made = {"study_id": result.study_id, "runs": {run.model: str(run.path) for run in result.runs}}
+            _record(workspace, made)
+    return TinyStudy(phantom_root, workspace, made["study_id"], {name: Path(path) for name, path in made["runs"].items()})

@@ -35,7 +35,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "own": _save(registry.create_model(MODEL, SIZE).model, folder / "vit-32.keras"),
         "mobilenetv2": _save(registry.create_model("mobilenetv2", SIZE).model, folder / "mobilenetv2-32.keras"),
         "vit-48": _save(registry.create_model(MODEL, 48).model, folder / "vit-48.keras"),
-        "three-classes": _save(keras.Model(inputs, three), folder / "three.keras"),
+        "three-classes": _save(keras.Model(inputs, three, name="three_classes"), folder / "three.keras"),
     }
 
 
@@ -87,7 +87,7 @@ DAMAGE = {
         "takes 48x48 pixel input, not 32x32",
     ),
     "three-classes": (
-        _replace_with("three-classes"), "holds a functional model", "is not a 4-class image classifier"
+        _replace_with("three-classes"), "holds a three_classes model", "is not a 4-class image classifier"
     ),
 }
 
