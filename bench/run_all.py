@@ -9,7 +9,7 @@ summary of the target lines. It is committed, so it always shows the last full r
 
 Run from the repository root::
 
-    python bench/run_all.py [--only audit,pipeline,training,explain] [--results FILE]
+    python bench/run_all.py [--only audit,pipeline,training,explain,app] [--results FILE]
 """
 
 from __future__ import annotations
@@ -27,14 +27,18 @@ import common
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
 RESULTS_FILE = BENCH_DIR / "RESULTS.md"
-BENCHMARKS = ("audit", "pipeline", "training", "explain")
+BENCHMARKS = ("audit", "pipeline", "training", "explain", "app")
 TITLES = {
     "audit": "Scan and audit scaling (bench_audit.py)",
     "pipeline": "Input pipeline and training steps (bench_pipeline.py)",
     "training": "Training throughput per model, pipeline against memory (bench_training.py)",
     "explain": "Explanations, the Compare page's hot path (bench_explain.py)",
+    "app": "The app: Compare page in Chromium and the app process's memory (bench_app.py)",
 }
 # The lines that judge a target ("... met", "... NOT met") or sum up a comparison or a memory figure.
+# TensorFlow's and absl's own log lines (CUDA probing, oneDNN notices, retracing warnings): kept
+# in bench/out/<name>.txt, left out of RESULTS.md.
+LOG_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|WARNING:tensorflow:)")
 SUMMARY_LINE = re.compile(r"\b(NOT )?met\b|median over models|^Cold start|^Peak RSS")
 
 
@@ -61,6 +65,25 @@ def run(name: str) -> dict[str, object]:
     return {"name": name, "status": process.returncode, "seconds": seconds, "output": "".join(lines)}
 
 
+def earlier(name: str) -> dict[str, object] | None:
+    """The last output kept in bench/out/ of a benchmark not run this time (None: none kept).
+
+    So ``--only app`` refreshes one benchmark and RESULTS.md still shows the others, each with
+    the date and machine its own header printed.
+    """
+    output = OUT_DIR / f"{name}.txt"
+    if not output.is_file():
+        return None
+    recorded: dict[str, object] = {"status": 0, "seconds": 0.0}
+    summary = OUT_DIR / "run_all.json"
+    if summary.is_file():
+        for entry in json.loads(summary.read_text()).get("runs", []):
+            if entry.get("name") == name:
+                recorded = entry
+    return {"name": name, "status": recorded["status"], "seconds": recorded["seconds"],
+            "output": output.read_text(), "earlier": True}
+
+
 def verdict_lines(output: str) -> list[str]:
     """The lines of a benchmark's output that judge a target or sum up a comparison."""
     return [line.strip() for line in output.splitlines() if SUMMARY_LINE.search(line.strip())]
@@ -85,12 +108,15 @@ def render_results(results: list[dict[str, object]], info: dict[str, object]) ->
     for result in results:
         lines = verdict_lines(str(result["output"]))
         status = "" if result["status"] == 0 else f" (exit status {result['status']})"
+        if result.get("earlier"):
+            status += " (kept from an earlier run of run_all.py; its date is in its header)"
         parts.append(f"**{result['name']}**{status}, {result['seconds']:.0f} s:")
         parts.append("")
         parts.extend(f"- {line}" for line in lines or ["no target line printed"])
         parts.append("")
     for result in results:
-        parts += [f"## {TITLES[str(result['name'])]}", "", "```", str(result["output"]).rstrip(), "```", ""]
+        shown = "\n".join(line for line in str(result["output"]).splitlines() if not LOG_NOISE.match(line))
+        parts += [f"## {TITLES[str(result['name'])]}", "", "```", shown.rstrip(), "```", ""]
     return "\n".join(parts)
 
 
@@ -107,16 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmarks {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     OUT_DIR.mkdir(exist_ok=True)
     info = common.machine_info()
-    results = [run(name) for name in names]
+    fresh = {name: run(name) for name in names}
+    results = [fresh.get(name) or earlier(name) for name in BENCHMARKS]
+    results = [result for result in results if result is not None]
     text = render_results(results, info)
     temporary = arguments.results.with_name(arguments.results.name + ".tmp")
     temporary.write_text(text + "\n")
     temporary.replace(arguments.results)
     print(f"Results written to {arguments.results.resolve()}")
     (OUT_DIR / "run_all.json").write_text(json.dumps(
-        {"machine": info, "runs": [{key: value for key, value in result.items() if key != "output"}
+        {"machine": info, "runs": [{key: value for key, value in result.items() if key not in ("output", "earlier")}
                                    for result in results]}, indent=2) + "\n")
-    return max((int(result["status"]) for result in results), default=0)
+    return max((int(result["status"]) for result in fresh.values()), default=0)
 
 
 if __name__ == "__main__":

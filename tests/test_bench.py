@@ -48,3 +48,15 @@ def test_training_benchmark_runs(tmp_path):
     assert written["benchmark"] == "training"
     assert [model["name"] for model in written["models"]] == ["vit"]
     assert written["models"][0]["pipeline_images_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_app_benchmark_runs(tmp_path):
+    if not Path("/usr/bin/chromium").is_file():
+        pytest.skip("/usr/bin/chromium is absent; install it with `apt-get install -y chromium` (.ci/run does)")
+    result = run_bench("bench_app.py", "--models", "vit", "--repeats", "1", "--json", str(tmp_path / "app.json"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "App process peak resident memory" in result.stdout
+    written = json.loads((tmp_path / "app.json").read_text())
+    assert written["benchmark"] == "app" and len(written["warm_seconds"]) == 1
+    assert 0 < written["memory_after"]["peak_rss_mib"]
