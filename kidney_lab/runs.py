@@ -115,6 +115,14 @@ class RunRecord:
         return self.info.get("study_id")
 
     @property
+    def weights_note(self) -> str | None:
+        """Why the run's starting weights differ from what was asked (ImageNet weights asked
+        for with ``--weights auto`` but unavailable, so it trained from random initialisation);
+        None when they are what was asked."""
+        note = self.info.get("weights_note")
+        return str(note) if note else None
+
+    @property
     def created(self) -> str | None:
         """When the run was created (ISO 8601, UTC)."""
         return self.info.get("created")

@@ -219,6 +219,11 @@ def choose_runs(completed: list[runs.RunRecord], model_names: tuple[str, ...]) -
             chosen[model] = by_id.get(picked) if picked is not None else None
         st.caption("By default: the latest completed run of each architecture in the newest study. "
                    "Runs of different studies were trained and tested on different splits.")
+    fallback = [registry.get_spec(model).display_name for model, record in chosen.items()
+                if record is not None and record.weights_note]
+    if fallback:
+        st.caption(f"Trained from random initialisation because ImageNet weights were unavailable: "
+                   f"{', '.join(fallback)} (the Evaluation page gives the reason).")
     absent = [registry.get_spec(model).display_name for model, record in chosen.items() if record is None]
     if absent:
         st.warning(

@@ -243,6 +243,8 @@ def one_run(catalogue: dict[str, dict[str, Any]]) -> None:
         return
     stored = stored_metrics(record.path, source)
     draw_summary(evaluations[source], scores, stored)
+    if record.weights_note:
+        st.info(f"Weights: {record.weights_note}", icon=":material/info:")
     matrix, per_class = st.columns([5, 6], gap="large")
     with matrix, common.shown_errors("drawing the confusion matrix"):
         draw_confusion(scores)

@@ -100,9 +100,10 @@ def run_table(records: list[runs.RunRecord]) -> list[dict[str, object]]:
 
 
 def run_note(record: runs.RunRecord) -> str:
-    """Why a run has no score: in progress, or what went wrong; empty for a completed run."""
+    """Why a run has no score (in progress, or what went wrong), or for a completed run whether
+    it started from other weights than asked; empty otherwise."""
     if record.state == runs.COMPLETED:
-        return ""
+        return "random weights: ImageNet weights were unavailable" if record.weights_note else ""
     if record.is_active:
         return "in progress: follow it on the Train page"
     return record.problem or record.status.get("error") or record.state

@@ -216,3 +216,27 @@ def test_an_empty_workspace_says_where_runs_come_from(open_app, tmp_path, page, 
     assert labels == ["Home: build the demo study", "Train: train on your dataset"]
     # Looking is not writing: an empty workspace stays uncreated.
     assert not (tmp_path / "workspace").exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_fell_back_to_random_weights_says_so_wherever_it_is_shown(open_app, tiny_study, tmp_path):
+    workspace = tmp_path / "workspace"
+    run, *_ = _copy_runs(tiny_study, workspace, "vit", "mobilenetv2")
+    note = ("ImageNet weights unavailable, trained from random initialisation: ImageNet weights for "
+            "Vision Transformer could not be downloaded (offline)")
+    runs.update_run_info(run, weights_note=note)
+
+    home = open_app(workspace)
+    _no_exception(home)
+    table = home.dataframe[0].value.set_index("run")
+    assert table.loc[run.name, "note"] == "random weights: ImageNet weights were unavailable"
+    assert all(note == "" for name, note in table["note"].items() if name != run.name)
+
+    evaluation = _open(open_app, workspace, run=run.name)
+    _no_exception(evaluation)
+    assert f"Weights: {note}" in [element.value for element in evaluation.info]
+
+    compare = open_app(workspace, page="pages/compare.py")
+    _no_exception(compare)
+    assert ("Trained from random initialisation because ImageNet weights were unavailable: Vision Transformer"
+            in texts(compare))
