@@ -198,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs of every model (default: each model's recipe in kidney_lab/demo.py)")
     demo.add_argument("--models", default="all", help="all (default), or comma-separated registry names")
     demo.add_argument("--seed", type=int, default=None, help="random seed (0)")
+    demo.add_argument("--one-process", action="store_true",
+                      help="train the models one after the other in this process (default: two processes at once)")
     demo.add_argument("--study-id", default=None, help=argparse.SUPPRESS)
+    # The second process of a demo, started by the first, which holds the training lock.
+    demo.add_argument("--inside-demo", action="store_true", help=argparse.SUPPRESS)
     _add_workspace(demo)
     _add_json(demo)
     demo.set_defaults(handler=_run_demo)
@@ -522,20 +526,26 @@ def _run_demo(arguments: argparse.Namespace) -> dict[str, Any]:
         "per_class": arguments.per_class, "image_size": arguments.size,
         "epochs": arguments.epochs, "seed": arguments.seed,
     }
+    inside = arguments.inside_demo
     settings = dataclasses.replace(
-        DemoSettings(models=tuple(parse_model_names(arguments.models))),
+        DemoSettings(models=tuple(parse_model_names(arguments.models)),
+                     parallel=not (arguments.one_process or inside)),
         **{key: value for key, value in chosen.items() if value is not None},
     )
     started = time.perf_counter()
-    print(f"Demo: {4 * settings.per_class} phantoms ({settings.image_size} px, {settings.field_of_view} view), "
-          f"{len(settings.models)} models trained from scratch on this machine, one after the other.",
-          file=sys.stderr)
-    result = run_demo(settings, arguments.workspace, listener=_TrainingProgress(), study_id=arguments.study_id)
+    if not inside:
+        how = "two processes at once" if settings.parallel else "one after the other"
+        print(f"Demo: {4 * settings.per_class} phantoms ({settings.image_size} px, {settings.field_of_view} view), "
+              f"{len(settings.models)} models trained from scratch on this machine, {how}.", file=sys.stderr)
+    result = run_demo(settings, arguments.workspace, listener=_TrainingProgress(), study_id=arguments.study_id,
+                      take_lock=not inside)
     seconds = time.perf_counter() - started
-    print(_format_study(result))
-    print(f"Demo finished in {seconds:.0f} s. Start the app with: streamlit run streamlit_app.py")
     if not result.ok:
         arguments.exit_status = EXIT_FAILURE
+    if inside:
+        return dict(result.to_dict(), seconds=round(seconds, 1))
+    print(_format_study(result))
+    print(f"Demo finished in {seconds:.0f} s. Start the app with: streamlit run streamlit_app.py")
     return dict(result.to_dict(), seconds=round(seconds, 1), models=summary(result))
 
 

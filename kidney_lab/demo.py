@@ -3,8 +3,9 @@
 ``python -m kidney_lab demo`` (and the app's Home page) gives a first-time user a complete study
 without any download: it draws CT-like phantoms zoomed onto the kidneys (see
 :data:`kidney_lab.data.phantom.FIELDS_OF_VIEW`), splits them by near-duplicate cluster, and trains
-every registry model from random initialisation at a small size, one after the other, each then
-evaluated on the held-out test phantoms. The settings below were chosen so that every model
+every registry model from random initialisation at a small size, in two processes that each
+train one lane of models in turn (:data:`LANES`), each model then evaluated on the held-out test
+phantoms. The settings below were chosen so that every model
 learns the phantoms in as little time as two CPU cores allow; the README lists what they
 reached and how long it took.
 
@@ -14,7 +15,12 @@ process, so it survives the page, and its progress is read from the runs' ``stat
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,17 @@ RECIPES: dict[str, tuple[int, float]] = {
     "vit": (3, 1e-3),
 }
 
+# The demo trains in two processes at once, each taking one lane of models in turn. About half
+# of a CNN's time here is tracing its training step, which is Python on one core; two processes
+# overlap one's tracing with the other's training. Measured on two idle cores: 270 s for the
+# five models against 373 s one after the other, with the same test accuracies (same seeds).
+# The lanes balance the models' training times of one-at-a-time runs (ResNet50 109 s,
+# EfficientNetB0 86 s, InceptionV3 72 s, MobileNetV2 48 s, ViT 10 s).
+LANES: tuple[tuple[str, ...], ...] = (
+    ("resnet50", "mobilenetv2", "vit"),
+    ("efficientnetb0", "inceptionv3"),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
@@ -61,6 +78,8 @@ class DemoSettings:
         augmentation: random flips, rotations, zoom, brightness and contrast while training
             (off: with fresh phantoms there is no overfitting to fight, and it slowed learning).
         models: registry names to train.
+        parallel: train the models of :data:`LANES` in two processes at once (off: one after
+            the other in this process).
     """
 
     per_class: int = 400
@@ -72,6 +91,7 @@ class DemoSettings:
     seed: int = 0
     augmentation: bool = False
     models: tuple[str, ...] = registry.MODEL_NAMES
+    parallel: bool = True
 
     def recipe(self, name: str) -> tuple[int, float]:
         """Epochs and learning rate of model ``name``."""
@@ -138,16 +158,25 @@ def run_demo(
     workspace: str | Path | None = None,
     listener: engine.Listener | None = None,
     study_id: str | None = None,
+    *,
+    take_lock: bool = True,
 ) -> engine.TrainResult:
     """Build the demo study: phantoms, split, and every model trained and evaluated.
 
-    The models are trained one after the other, each with its recipe, into one study. Running
-    it again after it was interrupted resumes the unfinished study (models already completed
-    are kept); after it finished, it trains a new study. A given ``study_id`` is used instead:
-    its completed demo runs are kept and the other models are trained into it.
+    Each model is trained with its recipe, into one study. With ``settings.parallel`` the
+    models of the second lane of :data:`LANES` train in a second process (the same command,
+    its output beside this one's) while this one trains the first lane; both hold the
+    workspace's training lock through this process. Running it again after it was interrupted
+    resumes the unfinished study (models already completed are kept); after it finished, it
+    trains a new study. A given ``study_id`` is used instead: its completed demo runs are kept
+    and the other models are trained into it.
+
+    Args:
+        take_lock: False only for the second process, whose parent holds the lock.
 
     Raises:
-        kidney_lab.errors.KidneyLabError: the workspace cannot be written.
+        kidney_lab.errors.KidneyLabError: the workspace cannot be written, or the second
+            process ended without training its models (run the demo again to resume them).
     """
     settings = settings or DemoSettings()
     folder = workspace_module.prepare_workspace(workspace)
@@ -156,20 +185,74 @@ def run_demo(
         study_id, completed = _unfinished_study(folder, settings)
     else:
         completed = _completed_by_model(demo_studies(folder).get(study_id, []))
-    outcomes: list[engine.RunOutcome] = []
+    todo = [name for name in settings.models if name not in completed]
+    lanes = [[name for name in lane if name in todo] for lane in LANES] if settings.parallel else [todo]
+    lanes = [lane for lane in lanes if lane] or [[]]
+    lock = (jobs.training_lock(folder, on_wait=lambda: print(
+        "Waiting for another training job in this workspace to finish ...", file=sys.stderr, flush=True))
+        if take_lock else contextlib.nullcontext())
     split_id = ""
-    for name in settings.models:
-        if name in completed:
-            record = completed[name]
-            outcomes.append(engine.RunOutcome(record.run_id, name, record.path, record.state,
-                                              metrics=fileio.read_json(record.path / runs.METRICS_FILE)))
-            continue
-        result = engine.train(train_config(settings, name, data, folder, study_id), listener=listener)
-        split_id = result.split_id
-        outcomes.extend(result.runs)
-        if any(outcome.status == runs.CANCELLED for outcome in result.runs):
-            break
+    with lock:
+        helper = _start_lane(settings, lanes[1], folder, study_id) if len(lanes) > 1 else None
+        try:
+            for name in lanes[0]:
+                result = engine.train(train_config(settings, name, data, folder, study_id),
+                                      listener=listener, take_lock=False)
+                split_id = result.split_id
+                if any(outcome.status == runs.CANCELLED for outcome in result.runs):
+                    break
+        finally:
+            if helper is not None:
+                helper.wait()
+    studies = demo_studies(folder).get(study_id, [])
+    newest = {}
+    for record in studies:  # Newest first: keep each model's newest run.
+        newest.setdefault(record.model, record)
+    outcomes = [_outcome(newest[name]) for name in settings.models if name in newest]
+    lost = [name for name in todo if name not in newest]
+    cancelled = any(outcome.status == runs.CANCELLED for outcome in outcomes)
+    if helper is not None and lost and not cancelled:
+        raise errors.KidneyLabError(
+            f"The second demo process ended (exit status {helper.returncode}) before training "
+            f"{', '.join(lost)}; run the demo again to train them into the same study."
+        )
+    split_id = split_id or next((str(record.info.get("split_id", "")) for record in studies), "")
     return engine.TrainResult(study_id=study_id, split_id=split_id, runs=tuple(outcomes))
+
+
+def _outcome(record: runs.RunRecord) -> engine.RunOutcome:
+    """A run of the study as :func:`kidney_lab.training.engine.train` reports it."""
+    metrics = None
+    if record.state == runs.COMPLETED:
+        with contextlib.suppress(OSError, ValueError):
+            metrics = fileio.read_json(record.path / runs.METRICS_FILE)
+    return engine.RunOutcome(record.run_id, str(record.model), record.path, record.state,
+                             error=record.status.get("error"), metrics=metrics)
+
+
+def _start_lane(settings: DemoSettings, models: list[str], workspace: Path, study_id: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m kidney_lab demo`` for ``models`` of the study, under this process's lock.
+
+    It stays in this process's group, so cancelling the demo job (SIGTERM to the group) or
+    Ctrl+C stops both; on Linux it is also sent SIGTERM if this process dies first.
+    """
+    arguments = [sys.executable, "-m", "kidney_lab", "demo", *demo_arguments(
+        dataclasses.replace(settings, models=tuple(models))), "--workspace", str(workspace),
+        "--study-id", study_id, "--inside-demo"]
+    return subprocess.Popen(arguments, env=dict(os.environ, PYTHONPATH=_package_root()),
+                            preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None)
+
+
+def _package_root() -> str:
+    """The folder that holds the kidney_lab package, first on the child's import path."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def _stop_with_parent() -> None:
+    """In the child before it runs: ask Linux for SIGTERM when the parent dies (prctl)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _unfinished_study(workspace: Path, settings: DemoSettings) -> tuple[str, dict[str, runs.RunRecord]]:
@@ -225,9 +308,11 @@ def demo_arguments(settings: DemoSettings) -> list[str]:
     ]
     if settings.epochs is not None:
         arguments += ["--epochs", str(settings.epochs)]
+    if not settings.parallel:
+        arguments.append("--one-process")
     expressible = DemoSettings(
         per_class=settings.per_class, image_size=settings.image_size, epochs=settings.epochs,
-        seed=settings.seed, models=settings.models,
+        seed=settings.seed, models=settings.models, parallel=settings.parallel,
     )
     if expressible != settings:
         raise errors.ConfigError(

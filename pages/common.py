@@ -553,7 +553,7 @@ def draw_run(
     """
     name = (record.info.get("display_name") if record is not None else None) or model
     if record is None:
-        reason = "the models train one after another" if job_active else "the job ended before its turn"
+        reason = "waiting for its turn" if job_active else "the job ended before its turn"
         st.progress(0.0, text=f"**{name}**: not started ({reason})")
         return
     if not job_active and record.is_active:

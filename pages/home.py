@@ -115,8 +115,8 @@ def draw_demo(base: Path) -> None:
     demo_jobs = [job for job in jobs.list_jobs(base) if job.kind == "demo"]
     if demo_jobs and demo_jobs[0].is_active:
         st.subheader("Building the demo study")
-        st.caption("Each model trains in turn; this updates every few seconds. Leaving the page "
-                   "or closing the browser does not stop it.")
+        st.caption("Two models train at a time, the others wait for their turn; this updates every few "
+                   "seconds. Leaving the page or closing the browser does not stop it.")
         live_demo(base)
         return
     if demo_jobs:

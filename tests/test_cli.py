@@ -153,3 +153,22 @@ def test_unexpected_errors_are_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(discover, "scan_dataset", broken)
     code, _, err = run(["data", "audit", str(tmp_path)], capsys)
     assert code == 1 and "unexpected RuntimeError: boom" in err and "KIDNEY_LAB_DEBUG" in err
+
+
+def test_demo_trains_its_two_lanes_in_two_processes_into_one_study(tmp_path, capsys):
+    from kidney_lab.demo import LANES
+
+    first, second = LANES[0][-1], LANES[1][0]  # The ViT here, EfficientNetB0 in the second process.
+    code, out, err = run(["demo", "--workspace", str(tmp_path), "--per-class", "10", "--size", "32",
+                          "--epochs", "1", "--models", f"{first},{second}", "--json", str(tmp_path / "demo.json")],
+                         capsys)
+    assert code == 0, out + err
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert [run_result["model"] for run_result in result["runs"]] == [
+        name for name in ("efficientnetb0", "mobilenetv2", "resnet50", "inceptionv3", "vit") if name in (first, second)]
+    assert {run_result["status"] for run_result in result["runs"]} == {"completed"}
+    infos = [json.loads((Path(run_result["path"]) / "run.json").read_text()) for run_result in result["runs"]]
+    assert len({info["study_id"] for info in infos}) == 1 and len({info["split_id"] for info in infos}) == 1
+    statuses = [json.loads((Path(run_result["path"]) / "status.json").read_text()) for run_result in result["runs"]]
+    assert len({status["pid"] for status in statuses}) == 2, "each lane trains in its own process"
+    assert out.count("Demo finished") == 1

@@ -20,6 +20,7 @@ the current batch, and the run is marked cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -221,6 +222,8 @@ def train(
     config: TrainConfig,
     listener: Listener | None = None,
     token: jobs.CancelToken | None = None,
+    *,
+    take_lock: bool = True,
 ) -> TrainResult:
     """Train every model of ``config`` on one split and evaluate each on its test images.
 
@@ -230,6 +233,9 @@ def train(
             (the command line draws its progress bars from it).
         token: a cancellation token; by default one is installed for SIGTERM and SIGINT
             while training runs in the main thread.
+        take_lock: wait for and hold the workspace's training lock while training (the
+            default); False only for a caller that holds it already on this call's behalf
+            (the demo, whose two processes train under the one lock it took).
 
     Returns:
         The study id, the split id and one outcome per model. A model that fails does not
@@ -250,14 +256,15 @@ def train(
         scratch = Path(tempfile.mkdtemp(prefix="kidney-lab-worker-"))
         workspace = scratch
     try:
-        return _train_study(config, workspace, listener, token)
+        return _train_study(config, workspace, listener, token, take_lock)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _train_study(
-    config: TrainConfig, workspace: Path, listener: Listener | None, token: jobs.CancelToken | None
+    config: TrainConfig, workspace: Path, listener: Listener | None, token: jobs.CancelToken | None,
+    take_lock: bool = True,
 ) -> TrainResult:
     scan = discover.scan_dataset(config.data, cache=workspace / workspace_module.CACHE_FOLDER)
     _check_classes(scan)
@@ -295,11 +302,12 @@ def _train_study(
     try:
         waiting = [path for _, path, done in planned if not done]
         try:
-            with jobs.training_lock(
+            lock = jobs.training_lock(
                 workspace,
                 on_wait=lambda: [_note(path, "waiting for another training job to finish") for path in waiting],
                 cancel_token=token,
-            ):
+            ) if take_lock else contextlib.nullcontext()
+            with lock:
                 for run_id, path, done in planned:
                     if token.cancelled:
                         break

@@ -123,7 +123,7 @@ def test_home_builds_the_demo_as_a_job_and_shows_it(open_app, tmp_path):
         assert job.argv[3] == "demo" and job.argv[-4:] == ["--study-id", job.study_id, "--workspace", str(workspace)]
         assert "Building the demo study" in texts(app)
         assert "Build the demo study" not in [button.label for button in app.button]
-        waiting = [text for text in progress_texts(app) if "not started (the models train one after another)" in text]
+        waiting = [text for text in progress_texts(app) if "not started (waiting for its turn)" in text]
         assert len(waiting) >= len(MODEL_NAMES) - 1
         with pytest.raises(jobs.JobError, match="already being built"):
             __import__("kidney_lab.demo").demo.start_demo_job(workspace)
