@@ -641,13 +641,14 @@ def _sidebar_jobs(base: Path) -> None:
         st.caption("No training job running.")
     for job in active:
         entries = job_runs(job, base)
-        current = next((record for _, record in entries if record is not None and record.is_active), None)
+        # A demo job trains two models at once (two processes), a train job one at a time.
+        current = [record for _, record in entries if record is not None and record.is_active]
         label = "Demo" if job.kind == "demo" else "Job"
-        if current is None:
+        if not current:
             st.caption(f"{label} `{job.job_id[-6:]}`: {job_state(job, entries)}")
-        else:
-            name = current.info.get("display_name") or current.model
-            st.progress(run_fraction(current), text=f"{label} `{job.job_id[-6:]}`: {name}, {current.state}")
+        for record in current:
+            name = record.info.get("display_name") or record.model
+            st.progress(run_fraction(record), text=f"{label} `{job.job_id[-6:]}`: {name}, {record.state}")
     studies = {job.study_id for job in active}
     outside = [record for record in runs_module.list_runs(base)
                if record.is_active and record.study_id not in studies]

@@ -215,6 +215,19 @@ def _reap() -> None:
                 )
 
 
+def child_environment() -> dict[str, str]:
+    """The environment of a kidney_lab process this one starts: this process's own, with
+    unbuffered output and this same kidney_lab first on the import path, whatever the child's
+    working folder."""
+    environment = dict(os.environ)
+    environment["PYTHONUNBUFFERED"] = "1"
+    package_root = str(Path(__file__).resolve().parents[2])
+    environment["PYTHONPATH"] = os.pathsep.join(
+        part for part in (package_root, environment.get("PYTHONPATH", "")) if part
+    )
+    return environment
+
+
 def start_job(
     train_args: list[str],
     workspace: str | os.PathLike[str] | None = None,
@@ -271,14 +284,8 @@ def start_job(
         python, "-m", "kidney_lab", kind, *train_args,
         "--study-id", study_id, "--workspace", str(base),
     ]
-    environment = dict(os.environ)
-    environment["PYTHONUNBUFFERED"] = "1"
+    environment = child_environment()
     environment["KIDNEY_LAB_WORKSPACE"] = str(base)
-    # The job must import this same kidney_lab, whatever its working folder.
-    package_root = str(Path(__file__).resolve().parents[2])
-    environment["PYTHONPATH"] = os.pathsep.join(
-        part for part in (package_root, environment.get("PYTHONPATH", "")) if part
-    )
     info: dict[str, Any] = {
         **(details or {}),
         "job_id": job_id, "kind": kind, "study_id": study_id, "argv": argv, "workspace": str(base),
