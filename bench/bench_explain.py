@@ -17,7 +17,8 @@ run is, the same scan (a 512x512 abdomen phantom, PNG, read with ``read_scan``) 
 (c) ours, warm: ``kidney_lab.explain.explain(runs, scan, "gradcam")``, probabilities and heat
     maps at the scan's size for every model, input preparation included.
 
-Also: (d) the Compare page's own work from the uploaded bytes to every overlay drawn
+Also: (e) each of the four methods, warm, over all the models (what choosing another method
+on the Compare page costs); (d) the Compare page's own work from the uploaded bytes to every overlay drawn
 (``read_scan`` on the bytes, ``explain``, ``overlay`` and ``to_png`` per model); the cold
 start, measured in a fresh process (importing ``kidney_lab.explain``, then loading every model
 from disk to the first result); and peak resident memory of that process and of this one.
@@ -187,6 +188,13 @@ def measure(arguments: argparse.Namespace, folders: dict[str, Path], image_bytes
                 total += elapsed
             naive_rounds[linear].append(total)
 
+    # (e) Every method, warm: what choosing another method on the Compare page costs.
+    method_seconds: dict[str, float] = {}
+    for method in explanations.METHODS:
+        explanations.explain(run_dirs, scan, method)  # Traces and caches this method's explainers.
+        method_seconds[method] = median_of(
+            [explanations.explain(run_dirs, scan, method).seconds for _ in range(max(1, arguments.repeats // 2))])
+
     page_rounds: list[float] = []
     for _ in range(arguments.repeats):
         begun = time.perf_counter()
@@ -202,6 +210,7 @@ def measure(arguments: argparse.Namespace, folders: dict[str, Path], image_bytes
         "naive_seconds": median_of(naive_rounds[True]),
         "naive_cheapest_seconds": median_of(naive_rounds[False]),
         "page_seconds": median_of(page_rounds),
+        "method_seconds": method_seconds,
         "rounds": {"floor": floor_rounds, "ours": ours_rounds, "naive": naive_rounds[True],
                    "naive_cheapest": naive_rounds[False], "page": page_rounds},
         "per_model": {
@@ -290,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
           "no explainer can beat the floor, so (b')/(c) can be at most this")
     print(f"(d) Compare page, upload bytes to {len(models)} overlays as PNG: {page:.3f} s: "
           f"{verdict(page, TARGET_PAGE_SECONDS, True)}")
+    print("(e) every method, warm, probabilities + heat maps of all models: " + ", ".join(
+        f"{method} {seconds:.3f} s" for method, seconds in result["method_seconds"].items()))
     print(f"Cold start (fresh process): import {cold['import_seconds']:.1f} s, load {len(models)} models "
           f"from disk to the first result {cold['first_result_seconds']:.1f} s, next call "
           f"{cold['second_result_seconds']:.3f} s; peak RSS {cold['peak_rss_mb']:.0f} MiB")

@@ -55,10 +55,11 @@ OPACITY_STEP = 0.05
 METHOD_HELP = {
     "gradcam": "Grad-CAM: the CAM layer weighted by the mean gradient of the class score. Fastest.",
     "gradcam++": "Grad-CAM++: second-order weights; with the global pooling of these five models "
-                 "it equals LayerCAM.",
+                 "it equals Grad-CAM with negative channel weights dropped.",
     "scorecam": "Score-CAM: weights from how the class probability changes when the scan is masked "
                 "by each of 32 channels; gradient-free, about 33 forward passes per model.",
-    "layercam": "LayerCAM: positive gradients times activations, position by position.",
+    "layercam": "LayerCAM: positive gradients times activations, position by position, from the "
+                "last layer and two finer ones fused (CNNs): the finest map; the ViT has one layer.",
 }
 UPLOAD_HELP = ("PNG, JPEG, TIFF or DICOM. The format is found from the file's contents, so DICOM "
                "files without an extension work. Files stay in memory and are never saved.")

@@ -61,6 +61,10 @@ class ModelSpec:
         size_multiple: the input side must be a multiple of this (the ViT's patch size).
         preprocessing: what happens to the 0-255 pixels inside the model, in words.
         cam_layer: the layer whose output Grad-CAM reads (a 4-D spatial feature map).
+        fine_cam_layers: the finer feature maps that LayerCAM fuses with ``cam_layer``, coarse
+            to fine: a CNN's last activation at stride 16 and at stride 8 (InceptionV3: the
+            ends of its 17x17 and 35x35 stages at 299 px); empty for the ViT, whose token grid
+            is its only spatial map.
         imagenet_weights: whether pretrained ImageNet weights exist for it.
         reference: the paper that introduced it.
         build_backbone: ``(inputs, weights) -> pooled features``; ``weights`` is
@@ -75,6 +79,7 @@ class ModelSpec:
     size_multiple: int
     preprocessing: str
     cam_layer: str
+    fine_cam_layers: tuple[str, ...]
     imagenet_weights: bool
     reference: str
     build_backbone: Backbone = dataclasses.field(repr=False, compare=False)
@@ -135,6 +140,7 @@ _SPECS = (
         size_multiple=1,
         preprocessing="none here: the backbone rescales 0-255 to 0-1 and normalises inside its own graph",
         cam_layer="top_activation",
+        fine_cam_layers=("block6a_expand_activation", "block4a_expand_activation"),
         imagenet_weights=True,
         reference="Tan & Le, 2019",
         build_backbone=_application(keras.applications.EfficientNetB0, None),
@@ -148,6 +154,7 @@ _SPECS = (
         size_multiple=1,
         preprocessing="scale 0-255 to [-1, 1]",
         cam_layer="out_relu",
+        fine_cam_layers=("block_13_expand_relu", "block_6_expand_relu"),
         imagenet_weights=True,
         reference="Sandler et al., 2018",
         build_backbone=_application(keras.applications.MobileNetV2, "tf"),
@@ -161,6 +168,7 @@ _SPECS = (
         size_multiple=1,
         preprocessing="RGB to BGR, subtract the ImageNet channel means (caffe)",
         cam_layer="conv5_block3_out",
+        fine_cam_layers=("conv4_block6_out", "conv3_block4_out"),
         imagenet_weights=True,
         reference="He et al., 2016",
         build_backbone=_application(keras.applications.ResNet50, "caffe"),
@@ -174,6 +182,7 @@ _SPECS = (
         size_multiple=1,
         preprocessing="scale 0-255 to [-1, 1]",
         cam_layer="mixed10",
+        fine_cam_layers=("mixed7", "mixed2"),
         imagenet_weights=True,
         reference="Szegedy et al., 2016",
         build_backbone=_application(keras.applications.InceptionV3, "tf"),
@@ -187,6 +196,7 @@ _SPECS = (
         size_multiple=vit.DEFAULT_CONFIG["patch_size"],
         preprocessing="scale 0-255 to [-1, 1]",
         cam_layer=vit.TOKEN_GRID_LAYER,
+        fine_cam_layers=(),
         imagenet_weights=False,
         reference="Dosovitskiy et al., 2021",
         build_backbone=_vit_backbone,
@@ -398,8 +408,9 @@ def load_model(
 
 def describe(spec: ModelSpec) -> dict[str, Any]:
     """The spec as plain data (for run.json, the CLI and the app): every fact but the builder."""
-    return {
+    facts = {
         field.name: getattr(spec, field.name)
         for field in dataclasses.fields(spec)
         if field.name != "build_backbone"
     }
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in facts.items()}

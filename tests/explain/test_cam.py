@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.layercam import Layercam
@@ -49,25 +51,41 @@ def test_every_model_and_method_gives_a_finite_map_of_the_scan_size(tiny_study, 
 REFERENCES = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "layercam": Layercam}
 
 
+def random_twins(model: str, size: int = 64) -> tuple[registry.BuiltModel, keras.Model]:
+    """A model with random weights and a second copy of it for a reference implementation.
+
+    Random weights: the comparisons are of the arithmetic, and a barely trained model can have
+    no positive evidence for any class (every map ReLU'd to zero), which would prove nothing.
+    """
+    keras.utils.set_random_seed(0)
+    built = registry.create_model(model, size, "none")
+    reference_model = registry.create_model(model, size, "none").model
+    reference_model.set_weights(built.model.get_weights())
+    return built, reference_model
+
+
+def single_layer_reference(visualizer, target: int, pixels: np.ndarray, layer: str) -> np.ndarray:
+    """tf-keras-vis' map of one layer on that layer's grid, neither resized nor scaled."""
+    return np.asarray(visualizer(
+        CategoricalScore([target]), pixels, penultimate_layer=layer,
+        seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False,
+    ))[0]
+
+
 @pytest.mark.parametrize("method", sorted(REFERENCES))
 @pytest.mark.parametrize("model", ["mobilenetv2", "vit"])
 def test_gradient_maps_equal_tf_keras_vis(model, method) -> None:
-    # Random weights: the comparison is of the arithmetic, and a barely trained model can have
-    # no positive evidence for any class (every map ReLU'd to zero), which would prove nothing.
-    keras.utils.set_random_seed(0)
-    built = registry.create_model(model, 64, "none")
-    reference_model = registry.create_model(model, 64, "none").model
-    reference_model.set_weights(built.model.get_weights())
+    built, reference_model = random_twins(model)
     explainer = cam.Explainer(cam.LoadedRun(built.model, built.spec, 64, "random"), method)
     visualizer = REFERENCES[method](reference_model, model_modifier=ReplaceToLinear(), clone=True)
     pixels = pipeline.prepare_scan(lesion_phantom("Stone") / 255.0, 64)
     compared = 0
     for target in range(len(classes.CLASS_NAMES)):
         ours = explainer.cam(pixels, target).grid
-        reference = np.asarray(visualizer(
-            CategoricalScore([target]), pixels, penultimate_layer=built.spec.cam_layer,
-            seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False,
-        ))[0]
+        if method == "layercam" and built.spec.fine_cam_layers:
+            reference = fused_reference(visualizer, target, pixels, built.spec, 64)
+        else:
+            reference = single_layer_reference(visualizer, target, pixels, built.spec.cam_layer)
         if reference.max() <= 0:
             # Every position ReLU'd away (a class with no positive evidence): ours must agree.
             assert ours.max() < 1e-6
@@ -80,12 +98,53 @@ def test_gradient_maps_equal_tf_keras_vis(model, method) -> None:
     assert compared > 0, "every reference map was empty; the comparison proved nothing"
 
 
-def test_grad_cam_plus_plus_equals_layercam_with_a_pooling_head(tiny_study) -> None:
-    run = tiny_study.runs["mobilenetv2"]
-    pixels = pipeline.prepare_scan(lesion_phantom("Cyst") / 255.0, 80)
-    plus = cam.load_explainer(run, "gradcam++").cam(pixels).grid
-    layer = cam.load_explainer(run, "layercam").cam(pixels).grid
+def fused_reference(visualizer, target: int, pixels: np.ndarray, spec: registry.ModelSpec, size: int) -> np.ndarray:
+    """LayerCAM's fusion as cam.py documents it, of tf-keras-vis' single-layer maps."""
+    maps = [single_layer_reference(visualizer, target, pixels, layer)
+            for layer in (spec.cam_layer, *spec.fine_cam_layers)]
+    assert [m.shape[0] for m in maps] == sorted(m.shape[0] for m in maps), "layers go coarse to fine"
+    assert maps[-1].shape[0] >= 4 * maps[0].shape[0], "the finest layer must be four times finer"
+    fused = np.zeros((size, size), np.float32)
+    for layer_map in maps:
+        resized = tf.image.resize(layer_map[None, :, :, None], (size, size), method="bilinear")[0, :, :, 0].numpy()
+        span = resized.max() - resized.min()
+        fused = np.maximum(fused, (resized - resized.min()) / span if span > 0 else 0.0)
+    return fused * maps[0].max()
+
+
+def test_grad_cam_plus_plus_equals_layercam_at_one_pooled_layer(vit_run) -> None:
+    # The ViT's token grid is its only spatial map, and its head pools it: there LayerCAM and
+    # Grad-CAM++ are both Grad-CAM with negative channel weights clipped to zero.
+    pixels = pipeline.prepare_scan(lesion_phantom("Cyst") / 255.0, 32)
+    plus = cam.load_explainer(vit_run, "gradcam++").cam(pixels).grid
+    layer = cam.load_explainer(vit_run, "layercam").cam(pixels).grid
+    assert plus.max() > 0
     np.testing.assert_allclose(plus / plus.max(), layer / layer.max(), atol=1e-5)
+
+
+@pytest.mark.parametrize("model", [name for name in registry.MODEL_NAMES if registry.get_spec(name).fine_cam_layers])
+def test_layercam_fuses_finer_layers_into_a_map_of_the_input_size(tiny_study, model) -> None:
+    run = tiny_study.runs[model]
+    explainer = cam.load_explainer(run, "layercam")
+    pixels = pipeline.prepare_scan(lesion_phantom("Tumor") / 255.0, explainer.image_size)
+    grid = explainer.cam(pixels).grid
+    coarse = cam.load_explainer(run, "gradcam").cam(pixels).grid
+    assert grid.shape == (explainer.image_size, explainer.image_size)
+    assert np.isfinite(grid).all() and grid.min() >= 0
+    # The finer layers show: the fused map is not the CAM layer's map resized.
+    resized = tf.image.resize(coarse[None, :, :, None], grid.shape, method="bilinear")[0, :, :, 0].numpy()
+    assert coarse.shape[0] < grid.shape[0] and grid.max() > 0
+    assert np.abs(grid / grid.max() - resized / max(resized.max(), 1e-12)).max() > 0.05
+
+
+def test_layercam_of_a_model_without_its_finer_layers_says_so(tiny_study) -> None:
+    spec = registry.get_spec("mobilenetv2")
+    changed = dataclasses.replace(spec, fine_cam_layers=("no_such_layer",))
+    model = registry.load_model(tiny_study.runs["mobilenetv2"] / runs.MODEL_FILE)
+    loaded = cam.LoadedRun(model, changed, 80, "odd")
+    with pytest.raises(registry.ModelLoadError, match="lacks the layers LayerCAM reads.*no_such_layer"):
+        cam.Explainer(loaded, "layercam")
+    assert cam.Explainer(loaded, "gradcam").cam(pixels=pipeline.prepare_scan(lesion_phantom("Cyst") / 255.0, 80)).grid.ndim == 2
 
 
 class CountingGraph:

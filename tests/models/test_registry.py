@@ -99,6 +99,12 @@ def test_graph_is_flat_and_cam_layer_is_a_spatial_map(name: str, built: registry
     values = keras.ops.convert_to_numpy(feature_map(random_images(built.image_size), training=False))
     assert values.shape == (2,) + shape[1:]
 
+    # LayerCAM's finer layers: spatial maps, each finer than the one before.
+    sides = [shape[1]] + [model.get_layer(layer).output.shape[1] for layer in built.spec.fine_cam_layers]
+    assert all(len(model.get_layer(layer).output.shape) == 4 for layer in built.spec.fine_cam_layers)
+    assert sides == sorted(set(sides)), f"{name}: fine_cam_layers must go from coarse to fine, got sides {sides}"
+    assert (len(sides) == 1) == (built.spec.family == "transformer")
+
 
 def test_mixed_precision_keeps_the_output_in_float32() -> None:
     previous = keras.config.dtype_policy().name
@@ -155,6 +161,7 @@ def test_describe_is_json_with_every_fact(name: str) -> None:
     assert json.loads(json.dumps(description)) == description
     assert description["name"] == name
     assert description["cam_layer"] == spec.cam_layer
+    assert description["fine_cam_layers"] == list(spec.fine_cam_layers)
     assert description["default_size"] == spec.default_size
     facts = {field.name for field in dataclasses.fields(registry.ModelSpec)} - {"build_backbone"}
     assert set(description) == facts
