@@ -42,11 +42,19 @@ CHART_MARGIN = dict(l=10, r=10, t=40, b=10)
 # faithfulness.json score -> (column label, what it means).
 FAITHFULNESS_COLUMNS = {
     "pointing_game": ("pointing game", "Share of lesion images whose heat-map maximum lies in the lesion."),
+    "random_weights_pointing_game": (
+        "pointing game, random weights",
+        "The same for this architecture with random weights: a map that finds lesions without what the "
+        "model learned (an edge detector) scores as high here as above."),
     "energy_in_mask": ("energy in mask", "Share of the map's energy inside the lesion mask."),
     "deletion_auc": ("deletion AUC", "Probability as the most salient pixels are removed; lower is better."),
     "random_deletion_auc": ("deletion, random order", "The same with pixels in random order."),
     "insertion_auc": ("insertion AUC", "Probability as the most salient pixels are put back; higher is better."),
     "random_insertion_auc": ("insertion, random order", "The same with pixels in random order."),
+    "randomization_spearman": (
+        "rank correlation with random weights",
+        "Spearman correlation of the maps with those of random weights (Adebayo et al., 2018); near 1 means "
+        "the map ignores what the model learned, so lower is better."),
 }
 
 

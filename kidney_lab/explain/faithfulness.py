@@ -30,7 +30,10 @@ folder, ``<run>/external/<fingerprint>/faithfulness.json``, so the test split's 
 replaced by another data set's).
 
 :func:`randomization_check` is the sanity check of Adebayo et al. (2018): the maps of the
-trained model must differ clearly from those of the same architecture with random weights.
+trained model must differ clearly from those of the same architecture with random weights. With
+the sanity check on, the random-weights model also plays the pointing game on every lesion
+image (``random_weights_pointing_game``): a map that finds lesions without what the model
+learned (an edge detector, say) scores as well there as the trained one.
 """
 
 from __future__ import annotations
@@ -100,7 +103,9 @@ def evaluate_faithfulness(
             without, their fields are null.
         sanity_check: run :func:`randomization_check` on up to :data:`RANDOMIZATION_IMAGES` of
             the images (spread over the list) and store each method's mean Spearman correlation
-            as ``randomization_spearman``; without, it is null.
+            as ``randomization_spearman``, and the pointing game and energy in mask of the
+            random-weights model on every lesion image (``random_weights_pointing_game``,
+            ``random_weights_energy_in_mask``); without, they are null.
         steps: points of each curve after its start.
         seed: seeds the choice of images and the random orders.
         progress: called as ``progress(done, total)`` after each image.
@@ -109,7 +114,8 @@ def evaluate_faithfulness(
         What was written: ``run_id``, ``model``, ``data`` ("test" or the folder), ``fingerprint``,
         ``images``, ``methods`` (per method: ``pointing_game``, ``energy_in_mask`` (null without
         masks), ``deletion_auc``, ``insertion_auc``, ``random_deletion_auc``,
-        ``random_insertion_auc``, ``randomization_spearman``, ``accuracy``, ``images``,
+        ``random_insertion_auc``, ``randomization_spearman``, ``random_weights_pointing_game``,
+        ``random_weights_energy_in_mask``, ``accuracy``, ``images``,
         ``seconds``, ``per_class``), plus
         ``baselines``, ``settings``, ``skipped``, ``created`` and ``path`` (the file).
 
@@ -131,6 +137,8 @@ def evaluate_faithfulness(
     info = runs.read_run(folder).info
     explainers = {method: cam.load_explainer(folder, method) for method in chosen}
     loaded = explainers[chosen[0]].loaded
+    random_run = random_twin(loaded, seed) if sanity_check else None
+    randomised = {method: cam.Explainer(random_run, method) for method in chosen} if random_run is not None else {}
     frame, data_label, fingerprint, destination = _images(folder, info, data)
     frame = choose_images(frame, max_images, seed)
 
@@ -153,6 +161,10 @@ def evaluate_faithfulness(
             result = explainer.cam(image.pixels, classes.class_index(label))
             rows[method].append(image.score(loaded, result, random_curves))
             seconds[method] += time.perf_counter() - begun
+            if method in randomised and image.mask is not None:
+                other = randomised[method].cam(image.pixels, classes.class_index(label))
+                pointing, energy = image.mask_scores(other)
+                rows[method][-1].update(random_weights_pointing_game=pointing, random_weights_energy_in_mask=energy)
         if progress is not None:
             progress(number + 1, len(frame))
 
@@ -160,7 +172,7 @@ def evaluate_faithfulness(
     readable = frame[~frame["path"].astype(str).isin({row["path"] for row in skipped})]
     if sanity_check and len(readable):
         spread = np.unique(np.linspace(0, len(readable) - 1, RANDOMIZATION_IMAGES).astype(int))
-        sanity = randomization_check(folder, list(readable["path"].iloc[spread]), chosen, seed)
+        sanity = _randomization_check(folder, list(readable["path"].iloc[spread]), chosen, random_run)
     summaries = {method: _summary(rows[method], seconds[method]) for method in chosen}
     for method, summary in summaries.items():
         summary["randomization_spearman"] = sanity.get(method, {}).get("mean_spearman")
@@ -296,6 +308,14 @@ class _ImageCase:
         return {"label": self.label, "pointing_game": float(self.near.mean()),
                 "energy_in_mask": float(self.mask.mean())}
 
+    def mask_scores(self, result: cam.CamResult) -> tuple[float, float]:
+        """Pointing game (1.0 or 0.0) and energy in mask of one map; the image has a mask."""
+        heat = cam.grid_to_scan(result.grid, self.image_size, self.height, self.width)
+        peak = float(heat.max())
+        pointing = float(peak > float(heat.min()) and float(heat[self.near].max()) >= peak)
+        total = float(heat.sum())
+        return pointing, float(heat[self.mask].sum()) / total if total > 0 else 0.0
+
     def score(self, loaded: cam.LoadedRun, result: cam.CamResult,
               random_curves: tuple[float | None, float | None]) -> dict[str, Any]:
         """Every score of one method's map of this image."""
@@ -306,11 +326,7 @@ class _ImageCase:
             "energy_in_mask": None,
         }
         if self.mask is not None:
-            heat = cam.grid_to_scan(result.grid, self.image_size, self.height, self.width)
-            peak = float(heat.max())
-            row["pointing_game"] = float(peak > float(heat.min()) and float(heat[self.near].max()) >= peak)
-            total = float(heat.sum())
-            row["energy_in_mask"] = float(heat[self.mask].sum()) / total if total > 0 else 0.0
+            row["pointing_game"], row["energy_in_mask"] = self.mask_scores(result)
         if self.steps:
             heat_input = cam.grid_to_input(result.grid, self.image_size)
             row["deletion_auc"], row["insertion_auc"] = self.curves(loaded, self.salient_order(heat_input))
@@ -319,6 +335,7 @@ class _ImageCase:
 
 
 _CURVE_FIELDS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
+_RANDOM_WEIGHTS_FIELDS = ("random_weights_pointing_game", "random_weights_energy_in_mask")
 
 
 def _mean(rows: list[dict[str, Any]], field: str) -> float | None:
@@ -332,6 +349,7 @@ def _scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "energy_in_mask": _mean(rows, "energy_in_mask"),
     }
     scores.update((field, _mean(rows, field)) for field in _CURVE_FIELDS)
+    scores.update((field, _mean(rows, field)) for field in _RANDOM_WEIGHTS_FIELDS)
     scores["accuracy"] = float(np.mean([row["correct"] for row in rows])) if rows else None
     scores["images"] = len(rows)
     return scores
@@ -384,12 +402,25 @@ def randomization_check(
         Spearman rank correlation of the two maps (at the scan's size) per image and its mean;
         an image where either map is flat has no correlation and is counted in ``flat``.
     """
-    scans = [cam.load_image(image) for image in images]
     first = cam.load_explainer(run_dir, methods[0])
-    spec, size = first.loaded.spec, first.image_size
+    return _randomization_check(run_dir, images, methods, random_twin(first.loaded, seed))
+
+
+def random_twin(loaded: cam.LoadedRun, seed: int = 0) -> cam.LoadedRun:
+    """The same architecture at the same input size with fresh random weights (Keras' global
+    generators seeded with ``seed``), ready to explain."""
     keras.utils.set_random_seed(seed)
-    random_model = registry.create_model(spec.name, size, "none").model
-    random_run = cam.LoadedRun(random_model, spec, size, f"{first.run_id}-random")
+    random_model = registry.create_model(loaded.spec.name, loaded.image_size, "none").model
+    return cam.LoadedRun(random_model, loaded.spec, loaded.image_size, f"{loaded.run_id}-random")
+
+
+def _randomization_check(
+    run_dir: str | os.PathLike[str],
+    images: Sequence[cam.ImageInput],
+    methods: Sequence[str],
+    random_run: cam.LoadedRun,
+) -> dict[str, dict[str, Any]]:
+    scans = [cam.load_image(image) for image in images]
     checks: dict[str, dict[str, Any]] = {}
     for method in methods:
         trained = cam.load_explainer(run_dir, method)

@@ -19,7 +19,8 @@ from tests.explain.conftest import lesion_phantom
 
 METHOD_FIELDS = {
     "pointing_game", "energy_in_mask", "deletion_auc", "insertion_auc", "random_deletion_auc",
-    "random_insertion_auc", "randomization_spearman", "accuracy", "images", "seconds", "per_class",
+    "random_insertion_auc", "randomization_spearman", "random_weights_pointing_game",
+    "random_weights_energy_in_mask", "accuracy", "images", "seconds", "per_class",
 }
 
 
@@ -71,6 +72,7 @@ def test_an_external_folder_is_stored_beside_the_run_files(run_copy, phantom_roo
     assert result["data"] == str(phantom_root) and result["images"] == 4
     assert result["methods"]["gradcam"]["deletion_auc"] is None
     assert result["methods"]["gradcam"]["randomization_spearman"] is None
+    assert result["methods"]["gradcam"]["random_weights_pointing_game"] is None
     assert set(result["methods"]["gradcam"]["per_class"]) == set(classes.CLASS_NAMES)
 
 
@@ -181,7 +183,8 @@ def sanity_images(phantom_root) -> list:
 # ReLU'd flat), so the ViT is checked with Score-CAM, whose maps it does have. Not every pair
 # passes, and that is measured, not hidden: Score-CAM of the one-epoch ResNet50 correlates at
 # about 0.97 with random weights, and evaluate_faithfulness stores the check of every method
-# (randomization_spearman; on the demo study Grad-CAM++/LayerCAM of ResNet50 reach 0.74).
+# (randomization_spearman; on the demo study Grad-CAM++ and LayerCAM of ResNet50 reach 0.64
+# and 0.62, and the random-weights pointing game says how much of that is the image).
 @pytest.mark.parametrize("model, method", [("efficientnetb0", "gradcam"), ("mobilenetv2", "gradcam"), ("vit", "scorecam")])
 def test_maps_of_random_weights_differ_from_the_trained_models(tiny_study, sanity_images, model, method) -> None:
     check = faithfulness.randomization_check(tiny_study.runs[model], sanity_images, (method,))[method]
@@ -197,6 +200,18 @@ def test_the_sanity_check_would_catch_maps_that_ignore_the_weights(vit_run, sani
     check = faithfulness.randomization_check(vit_run, sanity_images, ("gradcam", "layercam"))
     assert check["gradcam"]["mean_spearman"] > 0.99 > SANITY_BOUND
     assert check["layercam"]["mean_spearman"] > 0.99
+
+
+def test_the_random_weights_pointing_game_would_catch_maps_that_ignore_the_weights(run_copy, monkeypatch) -> None:
+    run = run_copy()
+    trained = registry.load_model(run / runs.MODEL_FILE)
+    monkeypatch.setattr(registry, "create_model",
+                        lambda *args, **kwargs: registry.BuiltModel(trained, registry.get_spec("vit"), 32, "random", None))
+    result = faithfulness.evaluate_faithfulness(run, methods=("scorecam",), max_images=12, curves=False)
+    scores = result["methods"]["scorecam"]
+    assert scores["pointing_game"] is not None
+    assert scores["random_weights_pointing_game"] == scores["pointing_game"]
+    assert scores["random_weights_energy_in_mask"] == pytest.approx(scores["energy_in_mask"])
 
 
 def test_phantom_masks_are_found_for_lesions_only(phantom_root) -> None:
