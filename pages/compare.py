@@ -38,6 +38,7 @@ from kidney_lab import runs
 from kidney_lab.data import scan as scan_module
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.errors import KidneyLabError
+from kidney_lab.evaluation import store
 from pages import common
 
 if TYPE_CHECKING:
@@ -457,6 +458,9 @@ def draw_scan(item: ScanInput, window: str | None, chosen: dict[str, runs.RunRec
                 st.image(explain.overlay(scan, result.heatmap, settings.opacity, settings.colormap), width="stretch")
                 if not result.raw_max > result.raw_min:
                     st.caption("Flat map: nothing stands out for this class at this model's resolution.")
+                trust = trust_caption(record, settings.method)
+                if trust:
+                    st.caption(trust)
         computing.empty()
         row.seconds = time.perf_counter() - started
         if row.results:
@@ -475,6 +479,28 @@ def scan_caption(scan: scan_module.Scan) -> str:
                      f"level {metadata['window_center']:.0f} HU)")
     parts.extend(str(note) for note in metadata.get("notes") or [])
     return " · ".join(parts)
+
+
+def trust_caption(record: runs.RunRecord, method: str) -> str | None:
+    """How often this run's maps of ``method`` hit the lesion on its test split's phantoms, from
+    its stored ``faithfulness.json`` (None when that was not measured)."""
+    try:
+        payload = store.load_faithfulness(record.path)
+    except KidneyLabError:
+        return None
+    scores = ((payload or {}).get("methods") or {}).get(method)
+    pointing = scores.get("pointing_game") if isinstance(scores, dict) else None
+    if not isinstance(pointing, float):
+        return None
+    notes = []
+    chance = (payload.get("baselines") or {}).get("pointing_game")
+    if isinstance(chance, float):
+        notes.append(f"chance {chance:.0%}")
+    random_weights = scores.get("random_weights_pointing_game")
+    if isinstance(random_weights, float):
+        notes.append(f"random weights {random_weights:.0%}")
+    return (f"On {payload.get('images', '?')} test images this method's maximum lay in the lesion "
+            f"{pointing:.0%} of the time" + (f" ({', '.join(notes)})." if notes else "."))
 
 
 def result_caption(result: Explanation) -> str:

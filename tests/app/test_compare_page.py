@@ -178,3 +178,28 @@ def test_fewer_than_five_models_and_a_broken_run(open_app, tiny_study, tmp_path)
     _assert_same(_shown_results(app), _expected(expected))
     assert len(app.error) == 1 and tiny_study.runs["vit"].name in app.error[0].value
     assert sum(caption.value == "no run chosen" for caption in app.caption) == 3
+
+
+@pytest.mark.slow
+def test_a_run_with_measured_faithfulness_says_how_often_its_maps_hit_the_lesion(open_app, tiny_study, tmp_path):
+    from kidney_lab.explain import faithfulness
+
+    workspace = tmp_path / "workspace"
+    for name in ("efficientnetb0", "vit"):
+        shutil.copytree(tiny_study.runs[name], workspace / tiny_study.runs[name].name)
+    measured = faithfulness.evaluate_faithfulness(workspace / tiny_study.runs["vit"].name, max_images=8, curves=False)
+    scores = measured["methods"]["gradcam"]
+    app = open_app(workspace, page=PAGE)
+    app.file_uploader[0].set_value(("stone.png", _phantom_bytes(tiny_study.data, "Stone"), "image/png")).run()
+    _no_exception(app)
+    trust = [str(caption.value) for caption in app.caption if "lay in the lesion" in str(caption.value)]
+    # Only the ViT was measured; the figures are the stored ones.
+    assert trust == [
+        f"On {measured['images']} test images this method's maximum lay in the lesion {scores['pointing_game']:.0%} "
+        f"of the time (chance {measured['baselines']['pointing_game']:.0%}, random weights "
+        f"{scores['random_weights_pointing_game']:.0%})."
+    ]
+    # Measured for Grad-CAM only: another method says nothing rather than borrow its figures.
+    app.segmented_control(key="compare-method").set_value("scorecam").run()
+    _no_exception(app)
+    assert not [caption for caption in app.caption if "lay in the lesion" in str(caption.value)]
