@@ -374,15 +374,14 @@ class Explainer:
             score = tf.gather(logits[0], index)
             layers = [tf.cast(output, tf.float32) for output in outputs]
         gradients = tape.gradient(score, layers)
+        maps = [_layer_cam(activations[0], layer_gradients[0]) for activations, layer_gradients in zip(layers, gradients)]
         size = self.image_size
         fused = tf.zeros((size, size), tf.float32)
-        for activations, layer_gradients in zip(layers, gradients):
-            layer_map = _layer_cam(activations[0], layer_gradients[0])
+        for layer_map in maps:
             resized = tf.image.resize(layer_map[None, :, :, None], (size, size), method="bilinear")[0, :, :, 0]
             low, high = tf.reduce_min(resized), tf.reduce_max(resized)
             fused = tf.maximum(fused, tf.math.divide_no_nan(resized - low, high - low))
-        coarse = _layer_cam(layers[0][0], gradients[0][0])
-        return probabilities, index, fused * tf.reduce_max(coarse)
+        return probabilities, index, fused * tf.reduce_max(maps[0])
 
     def _score_cam(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         # tf-keras-vis' Scorecam upsamples with SciPy and predicts with model.predict on every
