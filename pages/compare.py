@@ -499,8 +499,12 @@ def trust_caption(record: runs.RunRecord, method: str) -> str | None:
     random_weights = scores.get("random_weights_pointing_game")
     if isinstance(random_weights, float):
         notes.append(f"random weights {random_weights:.0%}")
-    return (f"On {payload.get('images', '?')} test images this method's maximum lay in the lesion "
-            f"{pointing:.0%} of the time" + (f" ({', '.join(notes)})." if notes else "."))
+    per_class = scores.get("per_class") if isinstance(scores.get("per_class"), dict) else {}
+    lesion_images = sum(int(row.get("images") or 0) for row in per_class.values()
+                        if isinstance(row, dict) and row.get("pointing_game") is not None)
+    counted = f"On {lesion_images} test images with a lesion" if lesion_images else "On its test images with a lesion"
+    return (f"{counted}, this method's maximum lay in the lesion {pointing:.0%} of the time"
+            + (f" ({', '.join(notes)})." if notes else "."))
 
 
 def result_caption(result: Explanation) -> str:

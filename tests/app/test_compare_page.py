@@ -194,10 +194,12 @@ def test_a_run_with_measured_faithfulness_says_how_often_its_maps_hit_the_lesion
     _no_exception(app)
     trust = [str(caption.value) for caption in app.caption if "lay in the lesion" in str(caption.value)]
     # Only the ViT was measured; the figures are the stored ones.
+    lesions = sum(row["images"] for name, row in scores["per_class"].items() if name != "Normal")
+    assert 0 < lesions < measured["images"]
     assert trust == [
-        f"On {measured['images']} test images this method's maximum lay in the lesion {scores['pointing_game']:.0%} "
-        f"of the time (chance {measured['baselines']['pointing_game']:.0%}, random weights "
-        f"{scores['random_weights_pointing_game']:.0%})."
+        f"On {lesions} test images with a lesion, this method's maximum lay in the lesion "
+        f"{scores['pointing_game']:.0%} of the time (chance {measured['baselines']['pointing_game']:.0%}, "
+        f"random weights {scores['random_weights_pointing_game']:.0%})."
     ]
     # Measured for Grad-CAM only: another method says nothing rather than borrow its figures.
     app.segmented_control(key="compare-method").set_value("scorecam").run()
