@@ -65,15 +65,16 @@ def run(name: str) -> dict[str, object]:
     return {"name": name, "status": process.returncode, "seconds": seconds, "output": "".join(lines)}
 
 
-def earlier(name: str) -> dict[str, object] | None:
-    """The last output kept in bench/out/ of a benchmark not run this time (None: none kept).
+def earlier(name: str, results_file: Path = RESULTS_FILE) -> dict[str, object] | None:
+    """The last output of a benchmark not run this time: kept in bench/out/, or else (a fresh
+    checkout, where bench/out/ is empty) its section of the committed RESULTS.md; None if neither.
 
     So ``--only app`` refreshes one benchmark and RESULTS.md still shows the others, each with
     the date and machine its own header printed.
     """
     output = OUT_DIR / f"{name}.txt"
     if not output.is_file():
-        return None
+        return from_results(name, results_file)
     recorded: dict[str, object] = {"status": 0, "seconds": 0.0}
     summary = OUT_DIR / "run_all.json"
     if summary.is_file():
@@ -82,6 +83,19 @@ def earlier(name: str) -> dict[str, object] | None:
                 recorded = entry
     return {"name": name, "status": recorded["status"], "seconds": recorded["seconds"],
             "output": output.read_text(), "earlier": True}
+
+
+def from_results(name: str, results_file: Path) -> dict[str, object] | None:
+    """A benchmark's output and seconds as an earlier RESULTS.md shows them (None: not there)."""
+    if not results_file.is_file():
+        return None
+    text = results_file.read_text()
+    section = re.search(r"^## " + re.escape(TITLES[name]) + r"\n\n```\n(.*?)\n```$", text, re.S | re.M)
+    if section is None:
+        return None
+    seconds = re.search(r"^\*\*" + re.escape(name) + r"\*\*[^\n]*?, (\d+) s:$", text, re.M)
+    return {"name": name, "status": 0, "seconds": float(seconds.group(1)) if seconds else 0.0,
+            "output": section.group(1) + "\n", "earlier": True}
 
 
 def verdict_lines(output: str) -> list[str]:
@@ -134,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     OUT_DIR.mkdir(exist_ok=True)
     info = common.machine_info()
     fresh = {name: run(name) for name in names}
-    results = [fresh.get(name) or earlier(name) for name in BENCHMARKS]
+    results = [fresh.get(name) or earlier(name, arguments.results) for name in BENCHMARKS]
     results = [result for result in results if result is not None]
     text = render_results(results, info)
     temporary = arguments.results.with_name(arguments.results.name + ".tmp")

@@ -60,3 +60,20 @@ def test_app_benchmark_runs(tmp_path):
     written = json.loads((tmp_path / "app.json").read_text())
     assert written["benchmark"] == "app" and len(written["warm_seconds"]) == 1
     assert 0 < written["memory_after"]["peak_rss_mib"]
+
+
+def test_run_all_keeps_the_committed_sections_of_benchmarks_it_did_not_run(tmp_path, monkeypatch):
+    # A fresh checkout has no bench/out/: `run_all.py --only explain` must still keep the other
+    # benchmarks' sections of RESULTS.md rather than drop them.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import run_all
+
+    monkeypatch.setattr(run_all, "OUT_DIR", tmp_path / "empty-out")
+    output = "== audit ==\nFull dataset: 6.2 s: met.\nsome table\n"
+    info = {"date": "today", "cpu": "cpu", "cores": 2, "memory_gib": 1, "platform": "linux",
+            **{name: "1" for name in ("python", "numpy", "tensorflow", "keras", "pillow")}}
+    results = tmp_path / "RESULTS.md"
+    results.write_text(run_all.render_results([{"name": "audit", "status": 0, "seconds": 126.0, "output": output}], info))
+    kept = run_all.earlier("audit", results)
+    assert kept == {"name": "audit", "status": 0, "seconds": 126.0, "output": output, "earlier": True}
+    assert run_all.earlier("app", results) is None
