@@ -52,16 +52,16 @@ RECIPES: dict[str, tuple[int, float]] = {
 # its last block (unpadded convolutions and poolings): its CAM layer, mixed10, is 1x1 at 96 px,
 # so its Grad-CAM map is flat there; at 139 px it is 3x3, like the other CNNs' at 96 px.
 # Measured on the demo phantoms: test accuracy 0.938 at 96 px against 1.000 at 139 px, training
-# 72 s against about 140 s; the pointing game is in the README ("Heat maps").
+# alone 72 s against 139 s; the pointing game is in the README ("Heat maps").
 MIN_INPUT_SIDE: dict[str, int] = {"inceptionv3": 139}
 
 # The demo trains in two processes at once, each taking one lane of models in turn. About half
 # of a CNN's time here is tracing its training step, which is Python on one core; two processes
 # overlap one's tracing with the other's training. Measured on two idle cores (the command's
-# "Demo finished in"): 253 s for the five models against 358 s one after the other, with the
-# same test accuracies (same seeds), when InceptionV3 still trained at 96 px.
+# "Demo finished in"): 265 s for the five models with these lanes; with InceptionV3 at 96 px,
+# 253 s against 358 s one after the other, with the same test accuracies (same seeds).
 # The lanes balance the models' training times of one-at-a-time runs (ResNet50 109 s,
-# EfficientNetB0 86 s, InceptionV3 about 140 s at 139 px, MobileNetV2 48 s, ViT 10 s).
+# EfficientNetB0 86 s, InceptionV3 139 s at 139 px, MobileNetV2 48 s, ViT 10 s).
 LANES: tuple[tuple[str, ...], ...] = (
     ("resnet50", "efficientnetb0"),
     ("mobilenetv2", "inceptionv3", "vit"),
