@@ -483,12 +483,12 @@ def _run_explain_eval(arguments: argparse.Namespace) -> dict[str, Any]:
 
     print(f"Run {result['run_id']} ({result['model']}) on {result['images']} images of "
           f"{'the test split' if result['data'] == 'test' else result['data']}")
-    print(f"{'method':<11} {'pointing':>8} {'energy':>7} {'deletion':>8} {'random':>7} {'insertion':>9} "
-          f"{'random':>7} {'rho(random weights)':>19} {'seconds':>8}")
-    print(f"{'(chance)':<11} {number(baselines['pointing_game']):>8} {number(baselines['energy_in_mask']):>7}")
+    print(f"{'method':<11} {'pointing':>8} {'(random weights)':>16} {'energy':>7} {'deletion':>8} {'random':>7} "
+          f"{'insertion':>9} {'random':>7} {'rho(random weights)':>19} {'seconds':>8}")
+    print(f"{'(chance)':<11} {number(baselines['pointing_game']):>8} {'':>16} {number(baselines['energy_in_mask']):>7}")
     for method, row in result["methods"].items():
-        print(f"{method:<11} {number(row['pointing_game']):>8} {number(row['energy_in_mask']):>7} "
-              f"{number(row['deletion_auc']):>8} {number(row['random_deletion_auc']):>7} "
+        print(f"{method:<11} {number(row['pointing_game']):>8} {number(row['random_weights_pointing_game']):>16} "
+              f"{number(row['energy_in_mask']):>7} {number(row['deletion_auc']):>8} {number(row['random_deletion_auc']):>7} "
               f"{number(row['insertion_auc']):>9} {number(row['random_insertion_auc']):>7} "
               f"{number(row['randomization_spearman']):>19} {row['seconds']:8.1f}")
     print(f"Faithfulness {result['path']}")

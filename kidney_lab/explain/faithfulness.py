@@ -137,8 +137,9 @@ def evaluate_faithfulness(
     info = runs.read_run(folder).info
     explainers = {method: cam.load_explainer(folder, method) for method in chosen}
     loaded = explainers[chosen[0]].loaded
-    random_run = random_twin(loaded, seed) if sanity_check else None
-    randomised = {method: cam.Explainer(random_run, method) for method in chosen} if random_run is not None else {}
+    # The random-weights explainers are built (and traced) once, for the pointing game on every
+    # image and for the rank correlation on a few.
+    randomised = random_explainers(loaded, chosen, seed) if sanity_check else {}
     frame, data_label, fingerprint, destination = _images(folder, info, data)
     frame = choose_images(frame, max_images, seed)
 
@@ -172,7 +173,7 @@ def evaluate_faithfulness(
     readable = frame[~frame["path"].astype(str).isin({row["path"] for row in skipped})]
     if sanity_check and len(readable):
         spread = np.unique(np.linspace(0, len(readable) - 1, RANDOMIZATION_IMAGES).astype(int))
-        sanity = _randomization_check(folder, list(readable["path"].iloc[spread]), chosen, random_run)
+        sanity = _randomization_check(folder, list(readable["path"].iloc[spread]), randomised)
     summaries = {method: _summary(rows[method], seconds[method]) for method in chosen}
     for method, summary in summaries.items():
         summary["randomization_spearman"] = sanity.get(method, {}).get("mean_spearman")
@@ -403,28 +404,27 @@ def randomization_check(
         an image where either map is flat has no correlation and is counted in ``flat``.
     """
     first = cam.load_explainer(run_dir, methods[0])
-    return _randomization_check(run_dir, images, methods, random_twin(first.loaded, seed))
+    return _randomization_check(run_dir, images, random_explainers(first.loaded, methods, seed))
 
 
-def random_twin(loaded: cam.LoadedRun, seed: int = 0) -> cam.LoadedRun:
-    """The same architecture at the same input size with fresh random weights (Keras' global
-    generators seeded with ``seed``), ready to explain."""
+def random_explainers(loaded: cam.LoadedRun, methods: Sequence[str], seed: int = 0) -> dict[str, cam.Explainer]:
+    """Explainers, by method, of the same architecture at the same input size with fresh random
+    weights (Keras' global generators seeded with ``seed``), sharing one model."""
     keras.utils.set_random_seed(seed)
     random_model = registry.create_model(loaded.spec.name, loaded.image_size, "none").model
-    return cam.LoadedRun(random_model, loaded.spec, loaded.image_size, f"{loaded.run_id}-random")
+    random_run = cam.LoadedRun(random_model, loaded.spec, loaded.image_size, f"{loaded.run_id}-random")
+    return {cam.check_method(method): cam.Explainer(random_run, method) for method in methods}
 
 
 def _randomization_check(
     run_dir: str | os.PathLike[str],
     images: Sequence[cam.ImageInput],
-    methods: Sequence[str],
-    random_run: cam.LoadedRun,
+    explainers: dict[str, cam.Explainer],
 ) -> dict[str, dict[str, Any]]:
     scans = [cam.load_image(image) for image in images]
     checks: dict[str, dict[str, Any]] = {}
-    for method in methods:
+    for method, randomised in explainers.items():
         trained = cam.load_explainer(run_dir, method)
-        randomised = cam.Explainer(random_run, method)
         correlations: list[float] = []
         flat = 0
         for scan in scans:

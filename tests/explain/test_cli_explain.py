@@ -100,5 +100,5 @@ def test_explain_eval_stores_faithfulness_and_prints_a_table(run_copy, tmp_path,
     assert result["path"] == str(run / faithfulness.FAITHFULNESS_FILE)
     assert json.loads((run / faithfulness.FAITHFULNESS_FILE).read_text())["methods"] == result["methods"]
     assert list(result["methods"]) == ["gradcam", "layercam"] and result["images"] == 4
-    assert "pointing" in captured.out and "(chance)" in captured.out
+    assert "pointing" in captured.out and "(chance)" in captured.out and "(random weights)" in captured.out
     assert np.isfinite(result["methods"]["gradcam"]["deletion_auc"])
