@@ -47,14 +47,6 @@ RECIPES: dict[str, tuple[int, float]] = {
     "vit": (3, 1e-3),
 }
 
-# The smallest model input side in the demo, where it is above the phantoms' side (the pipeline
-# resizes the phantoms up to it). InceptionV3 shrinks its input more than the other CNNs before
-# its last block (unpadded convolutions and poolings): its CAM layer, mixed10, is 1x1 at 96 px,
-# so its Grad-CAM map is flat there; at 139 px it is 3x3, like the other CNNs' at 96 px.
-# Measured on the demo phantoms: test accuracy 0.938 at 96 px against 1.000 at 139 px, training
-# alone 72 s against 139 s; the pointing game is in the README ("Heat maps").
-MIN_INPUT_SIDE: dict[str, int] = {"inceptionv3": 139}
-
 # The demo trains in two processes at once, each taking one lane of models in turn. About half
 # of a CNN's time here is tracing its training step, which is Python on one core; two processes
 # overlap one's tracing with the other's training. Measured on two idle cores (the command's
@@ -74,8 +66,7 @@ class DemoSettings:
 
     Attributes:
         per_class: phantoms per class.
-        image_size: phantom side and model input side, in pixels (at least
-            :data:`MIN_INPUT_SIDE` for the models listed there).
+        image_size: phantom side and model input side, in pixels (see :meth:`input_size`).
         field_of_view: ``"kidneys"`` (lesions large enough to learn in a minute) or
             ``"abdomen"``.
         epochs: epochs of every model; None uses each model's entry in :data:`RECIPES`.
@@ -103,8 +94,14 @@ class DemoSettings:
     parallel: bool = True
 
     def input_size(self, name: str) -> int:
-        """Model input side of model ``name``, in pixels."""
-        return max(self.image_size, MIN_INPUT_SIDE.get(name, 0))
+        """Model input side of model ``name``, in pixels: the phantoms' side, or the registry's
+        ``min_cam_size`` where that is larger (the pipeline resizes the phantoms up to it).
+
+        Only InceptionV3 needs it at 96 px: its CAM layer would be 1x1 there, every map flat.
+        Measured on the demo phantoms: test accuracy 0.938 at 96 px against 1.000 at 139 px,
+        training alone 72 s against 139 s; the pointing game is in the README ("Heat maps").
+        """
+        return max(self.image_size, registry.get_spec(name).min_cam_size)
 
     def recipe(self, name: str) -> tuple[int, float]:
         """Epochs and learning rate of model ``name``."""

@@ -65,6 +65,9 @@ class ModelSpec:
             to fine: a CNN's last activation at stride 16 and at stride 8 (InceptionV3: the
             ends of its 17x17 and 35x35 stages at 299 px); empty for the ViT, whose token grid
             is its only spatial map.
+        min_cam_size: the smallest input side at which ``cam_layer`` is a 3x3 grid or finer,
+            so a Grad-CAM map can say more than one cell (InceptionV3's unpadded stem and
+            reductions make its ``mixed10`` 1x1 at 96 px; it is 3x3 from 139 px).
         imagenet_weights: whether pretrained ImageNet weights exist for it.
         reference: the paper that introduced it.
         build_backbone: ``(inputs, weights) -> pooled features``; ``weights`` is
@@ -80,6 +83,7 @@ class ModelSpec:
     preprocessing: str
     cam_layer: str
     fine_cam_layers: tuple[str, ...]
+    min_cam_size: int
     imagenet_weights: bool
     reference: str
     build_backbone: Backbone = dataclasses.field(repr=False, compare=False)
@@ -141,6 +145,7 @@ _SPECS = (
         preprocessing="none here: the backbone rescales 0-255 to 0-1 and normalises inside its own graph",
         cam_layer="top_activation",
         fine_cam_layers=("block6a_expand_activation", "block4a_expand_activation"),
+        min_cam_size=65,
         imagenet_weights=True,
         reference="Tan & Le, 2019",
         build_backbone=_application(keras.applications.EfficientNetB0, None),
@@ -155,6 +160,7 @@ _SPECS = (
         preprocessing="scale 0-255 to [-1, 1]",
         cam_layer="out_relu",
         fine_cam_layers=("block_13_expand_relu", "block_6_expand_relu"),
+        min_cam_size=65,
         imagenet_weights=True,
         reference="Sandler et al., 2018",
         build_backbone=_application(keras.applications.MobileNetV2, "tf"),
@@ -169,6 +175,7 @@ _SPECS = (
         preprocessing="RGB to BGR, subtract the ImageNet channel means (caffe)",
         cam_layer="conv5_block3_out",
         fine_cam_layers=("conv4_block6_out", "conv3_block4_out"),
+        min_cam_size=65,
         imagenet_weights=True,
         reference="He et al., 2016",
         build_backbone=_application(keras.applications.ResNet50, "caffe"),
@@ -183,6 +190,7 @@ _SPECS = (
         preprocessing="scale 0-255 to [-1, 1]",
         cam_layer="mixed10",
         fine_cam_layers=("mixed7", "mixed2"),
+        min_cam_size=139,
         imagenet_weights=True,
         reference="Szegedy et al., 2016",
         build_backbone=_application(keras.applications.InceptionV3, "tf"),
@@ -197,6 +205,7 @@ _SPECS = (
         preprocessing="scale 0-255 to [-1, 1]",
         cam_layer=vit.TOKEN_GRID_LAYER,
         fine_cam_layers=(),
+        min_cam_size=48,
         imagenet_weights=False,
         reference="Dosovitskiy et al., 2021",
         build_backbone=_vit_backbone,

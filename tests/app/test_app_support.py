@@ -91,20 +91,12 @@ def test_demo_job_continues_an_unfinished_demo_study(tmp_path):
 
 
 def test_the_demo_gives_inceptionv3_inputs_large_enough_for_a_3x3_cam_grid(tmp_path):
-    import keras
-
-    from kidney_lab.models import registry
-
+    # Why 139: test_registry checks each model's min_cam_size on the architecture.
     settings = demo.DemoSettings()
     sizes = {name: demo.train_config(settings, name, tmp_path, tmp_path, runs.new_study_id()).image_size for name in MODEL_NAMES}
     assert sizes == {name: (139 if name == "inceptionv3" else 96) for name in MODEL_NAMES}
     # Larger phantoms are never shrunk for it.
     assert demo.DemoSettings(image_size=224).input_size("inceptionv3") == 224
-    # The reason, checked on the architecture: its CAM layer is 1x1 at 96 px and 3x3 at 139.
-    for size, side in ((96, 1), (139, 3)):
-        keras.backend.clear_session()
-        model = registry.create_model("inceptionv3", size, "none").model
-        assert model.get_layer(registry.get_spec("inceptionv3").cam_layer).output.shape[1] == side
 
 
 def test_run_demo_uses_the_study_id_it_is_given(tmp_path):

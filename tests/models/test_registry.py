@@ -106,6 +106,17 @@ def test_graph_is_flat_and_cam_layer_is_a_spatial_map(name: str, built: registry
     assert (len(sides) == 1) == (built.spec.family == "transformer")
 
 
+@pytest.mark.parametrize("name", registry.MODEL_NAMES)
+def test_min_cam_size_is_the_smallest_input_with_a_3x3_cam_grid(name: str) -> None:
+    spec = registry.get_spec(name)
+    sides = {}
+    for size in (spec.min_cam_size - spec.size_multiple, spec.min_cam_size):
+        keras.backend.clear_session()
+        model = registry.create_model(name, size, "none").model
+        sides[size] = model.get_layer(spec.cam_layer).output.shape[1]
+    assert sides == {spec.min_cam_size - spec.size_multiple: 2, spec.min_cam_size: 3}
+
+
 def test_mixed_precision_keeps_the_output_in_float32() -> None:
     previous = keras.config.dtype_policy().name
     keras.config.set_dtype_policy("mixed_float16")
