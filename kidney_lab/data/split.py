@@ -4,23 +4,32 @@ Two strategies:
 
 - ``random``: stratified by class at the image level. This is what the original study and most
   papers on this dataset did; neighbouring slices of one series land on both sides.
-- ``grouped``: stratified by class, with every near-duplicate cluster (see
-  :mod:`kidney_lab.data.audit`) kept whole inside one subset, so no test image has an exact or
-  near duplicate in training.
+- ``grouped``: stratified by class at the level of near-duplicate clusters (see
+  :mod:`kidney_lab.data.audit`; a cluster is roughly one CT series): every cluster is kept whole
+  inside one subset, so no test image has an exact or near duplicate in training, and every
+  class's clusters are spread over the three subsets.
 
-``random`` uses scikit-learn's stratified ``train_test_split`` twice. ``grouped`` gives whole
-clusters to subsets, class by class (a cluster counts for its majority class): over 64
-seeded random orders of the clusters, each cluster goes to the subset furthest below its target
-size, and the order that comes closest to the asked fractions wins. (scikit-learn's
-``StratifiedGroupKFold`` was tried first: it can only reach fractions in whole folds, and its
-``shuffle`` only breaks ties between groups, so on the real sample every seed gave the same
-split.) The fractions reached are reported; with large clusters they can differ from the asked
-ones.
+``random`` uses scikit-learn's stratified ``train_test_split`` twice. ``grouped`` works class by
+class (a cluster counts for its majority class, so a cluster whose images carry two labels stays
+whole): it first decides how many of the class's clusters each subset gets, the asked fraction
+of its clusters but at least :data:`MIN_TEST_CLUSTERS` for test and one for validation, as long
+as training keeps one; then scikit-learn's ``GroupShuffleSplit`` draws that many whole clusters,
+64 seeded times, and the first draw whose image fractions are within 2 points of the best draw's
+wins. A class's test score resting on one or two series is the product's main risk on real
+data, so cluster counts come before image fractions: on the real sample, Normal has only 5
+clusters and gets 2 of them (about 28% of its images) in test. The fractions reached are
+reported, and :attr:`Split.warnings` names every class whose test images come from fewer than
+:data:`FEW_CLUSTERS` clusters. (scikit-learn's ``StratifiedGroupKFold`` stratifies images, not
+clusters: it can give a class a single test cluster, and its ``shuffle`` only breaks ties between
+groups, so on the real sample every seed gave the same split.)
 
 A split is stored as ``<workspace>/splits/<split_id>/manifest.csv`` (path relative to the dataset
-root, label, cluster, subset, md5, format, mode) with ``split.json`` beside it. The id is derived from the dataset
-fingerprint, the strategy, the fractions, the seed and the near-duplicate threshold, so asking
-for the same split again reuses the stored manifest.
+root, label, cluster, subset, md5, format, mode) with ``split.json`` beside it. The id is derived
+from the splitter's version, the dataset fingerprint, the strategy, the fractions, the seed and
+the near-duplicate threshold, so asking for the same split again reuses the stored manifest, and
+a split made by an older version of the assignment keeps its id (it still loads) while the
+current version makes a new one. The folds of a cross-validation
+(:mod:`kidney_lab.data.folds`) are stored the same way, one split per fold.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,11 +50,24 @@ from kidney_lab.fileio import atomic_path, atomic_write_json, read_json, short_h
 
 STRATEGIES = ("random", "grouped")
 SUBSETS = ("train", "val", "test")
+# Test clusters a grouped split gives each class that has enough clusters for them.
+MIN_TEST_CLUSTERS = 2
+# Validation clusters a grouped split gives each class (at least).
+MIN_VAL_CLUSTERS = 1
+# A class whose test images come from fewer clusters than this gets a warning: its recall is
+# one or two series' recall.
+FEW_CLUSTERS = 3
 _GROUPED_TRIALS = 64
+# A draw of clusters whose image fractions are within this much (summed over the held-out
+# subsets, as fractions of the class's images) of the best of the draws is good enough; the first
+# such draw is taken, so that seeds give different splits and not always the closest one.
+_FRACTION_SLACK = 0.02
 # Columns of a stored manifest; format and mode are absent from manifests of older versions.
 _MANIFEST_COLUMNS = ("path", "label", "cluster", "subset", "md5", "format", "mode")
-# Bump when the way subsets are assigned changes, so that old manifests are not reused.
-_SPLITTER_VERSION = "2"
+# Bump when the way subsets are assigned changes, so that old manifests are not reused: the id of
+# a split includes it. Version 2 filled subsets greedily towards the image fractions; version 3
+# stratifies clusters with a minimum count per subset (see the module docstring).
+_SPLITTER_VERSION = "3"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +86,10 @@ class Split:
             format and mode the scan read, so that the pipeline need not open files to know
             how to decode them.
         threshold: Near-duplicate threshold (bits) the clusters were made with.
+        cv_id: For one fold of a cross-validation, the id of its fold plan (see
+            :mod:`kidney_lab.data.folds`); ``None`` for an ordinary split.
+        fold: For one fold, its number (0-based); ``None`` otherwise.
+        folds: For one fold, how many folds its plan has; ``None`` otherwise.
     """
 
     split_id: str
@@ -74,6 +101,9 @@ class Split:
     root: Path
     manifest: pd.DataFrame
     threshold: int
+    cv_id: str | None = None
+    fold: int | None = None
+    folds: int | None = None
 
     def subset(self, name: str) -> pd.DataFrame:
         """The manifest rows of one subset (``train``, ``val`` or ``test``)."""
@@ -96,6 +126,20 @@ class Split:
                      for label in CLASS_NAMES}
             for subset in SUBSETS
         }
+
+    @property
+    def clusters_per_class(self) -> dict[str, dict[str, int]]:
+        """Distinct near-duplicate clusters per subset and class (see :func:`clusters_per_class`)."""
+        return clusters_per_class(self.manifest)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One sentence per class whose test images come from fewer than :data:`FEW_CLUSTERS`
+        clusters (grouped splits only: a random split's test clusters are shared with training).
+        """
+        if self.strategy != "grouped":
+            return []
+        return cluster_warnings(self.manifest, "test")
 
     def leakage(self, subset: str = "test") -> dict[str, int]:
         """How many images of ``subset`` have an exact or a near duplicate in train."""
@@ -124,6 +168,9 @@ class Split:
             },
             "counts": self.counts,
             "counts_per_class": self.counts_per_class,
+            "clusters": self.clusters_per_class,
+            "warnings": self.warnings,
+            "cv": None if self.cv_id is None else {"cv_id": self.cv_id, "fold": self.fold, "folds": self.folds},
             "test_with_duplicate_in_train": test_leak["exact_or_near"],
             "test_with_exact_duplicate_in_train": test_leak["exact"],
             "val_with_duplicate_in_train": val_leak["exact_or_near"],
@@ -136,14 +183,19 @@ class Split:
     def format_report(self) -> str:
         """A readable plain-text summary for the terminal."""
         per_class = self.counts_per_class
+        clusters = self.clusters_per_class
         lines = [f"Split {self.split_id}  ({self.strategy}, seed {self.seed})"]
-        lines.append("         " + "".join(f"{name:>8}" for name in CLASS_NAMES) + "   total")
+        lines.append("Images   " + "".join(f"{name:>8}" for name in CLASS_NAMES) + "   total")
         for subset in SUBSETS:
             row = per_class[subset]
             lines.append(
                 f"  {subset:<6} " + "".join(f"{row[name]:>8}" for name in CLASS_NAMES)
                 + f"{self.counts[subset]:>8}"
             )
+        lines.append("Clusters " + "".join(f"{name:>8}" for name in CLASS_NAMES) + "   (distinct near-duplicate clusters)")
+        for subset in SUBSETS:
+            lines.append(f"  {subset:<6} " + "".join(f"{clusters[subset][name]:>8}" for name in CLASS_NAMES))
+        lines.extend(f"Warning: {warning}" for warning in self.warnings)
         leak = self.leakage("test")
         lines.append(
             f"Test images with a duplicate in train: {leak['exact_or_near']} "
@@ -195,7 +247,11 @@ def make_split(
             f"{len(SUBSETS)} per class (one each for train, validation and test)."
         )
     if strategy == "grouped":
-        subset = _grouped_subsets(labels, groups, val_fraction, test_fraction, seed)
+        subset = assign_clusters(
+            labels, groups,
+            (("test", test_fraction, MIN_TEST_CLUSTERS), ("val", val_fraction, MIN_VAL_CLUSTERS)),
+            seed,
+        )
     else:
         subset = _random_subsets(labels, val_fraction, test_fraction, seed)
     manifest = pd.DataFrame(
@@ -277,6 +333,7 @@ def load_split(workspace: str | os.PathLike[str], split_id: str, root: str | os.
         root=base,
         manifest=manifest[[column for column in _MANIFEST_COLUMNS if column in manifest.columns]],
         threshold=int(meta["near_duplicate_threshold"]),
+        **_fold_fields(meta.get("cv")),
     )
 
 
@@ -335,35 +392,124 @@ def _random_subsets(labels: np.ndarray, val_fraction: float, test_fraction: floa
     return subset
 
 
-def _grouped_subsets(
-    labels: np.ndarray, groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+def assign_clusters(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    held_out: Sequence[tuple[str, float, int]],
+    seed: int,
 ) -> np.ndarray:
-    """Assign whole groups to subsets, per majority class, as close to the fractions as it can."""
-    fractions = np.array([1 - val_fraction - test_fraction, val_fraction, test_fraction])
+    """Give whole clusters to ``train`` and the held-out subsets, stratified by cluster class.
+
+    Class by class (a cluster counts for its majority class), each held-out subset gets the
+    asked fraction of the class's clusters, rounded, but at least its minimum, as long as
+    training keeps one cluster (when it would not, the later subsets of ``held_out`` give way
+    first, down to one cluster each). Which clusters is drawn by scikit-learn's
+    ``GroupShuffleSplit``, 64 seeded times; the first draw whose image fractions are within
+    2 points of the best draw's is kept.
+
+    Args:
+        labels: One class name per image.
+        groups: One cluster id per image.
+        held_out: ``(subset name, fraction of images, minimum clusters)`` in order of priority,
+            such as ``(("test", 0.15, 2), ("val", 0.15, 1))``.
+        seed: Seed of the draws.
+
+    Returns:
+        One subset name per image (``"train"`` or a held-out name).
+
+    Raises:
+        SplitError: A class has fewer clusters than one per subset.
+    """
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
     frame = pd.DataFrame({"label": labels, "group": groups})
-    sizes = frame.groupby("group").size()
     majority = frame.groupby("group")["label"].agg(lambda values: values.value_counts().index[0])
-    rng = np.random.default_rng(seed)
-    subset_of_group: dict[object, str] = {}
-    for label in CLASS_NAMES:
-        members = majority.index[majority == label].to_numpy()
-        if len(members) == 0:
+    class_of_row = majority.loc[groups].to_numpy()
+    subset = np.full(len(labels), "train", dtype=object)
+    names = [name for name, _, _ in held_out]
+    fractions = np.array([fraction for _, fraction, _ in held_out])
+    for class_index, label in enumerate(CLASS_NAMES):
+        rows = np.flatnonzero(class_of_row == label)
+        if len(rows) == 0:
             continue
-        member_sizes = sizes.loc[members].to_numpy()
-        targets = fractions * member_sizes.sum()
-        best_error, best_choice = np.inf, np.zeros(len(members), dtype=np.int64)
-        for _ in range(_GROUPED_TRIALS):
-            order = rng.permutation(len(members))
-            filled = np.zeros(len(SUBSETS))
-            chosen = np.empty(len(members), dtype=np.int64)
-            for position in order:
-                # Subsets still empty come first, so each subset gets a group when it can.
-                deficit = targets - filled + np.where(filled == 0, member_sizes.sum(), 0)
-                chosen[position] = int(np.argmax(deficit))
-                filled[chosen[position]] += member_sizes[position]
-            error = float(np.abs(filled - targets).sum())
-            if error < best_error:
-                best_error, best_choice = error, chosen
-        for member, choice in zip(members, best_choice):
-            subset_of_group[member] = SUBSETS[choice]
-    return np.array([subset_of_group[group] for group in groups], dtype=object)
+        clusters = int(majority.eq(label).sum())
+        counts = held_out_cluster_counts(clusters, held_out)
+        states = np.random.default_rng([seed, class_index]).integers(0, 2**31 - 1, size=(_GROUPED_TRIALS, len(names)))
+        draws, errors = [], []
+        for trial_states in states:
+            chosen = np.full(len(rows), "train", dtype=object)
+            remaining = np.arange(len(rows))
+            for name, count, state in zip(names, counts, trial_states):
+                splitter = sklearn.model_selection.GroupShuffleSplit(n_splits=1, test_size=count, random_state=int(state))
+                kept, drawn = next(splitter.split(remaining, groups=groups[rows[remaining]]))
+                chosen[remaining[drawn]] = name
+                remaining = remaining[kept]
+            reached = np.array([(chosen == name).mean() for name in names])
+            draws.append(chosen)
+            errors.append(float(np.abs(reached - fractions).sum()))
+        good_enough = np.flatnonzero(np.asarray(errors) <= min(errors) + _FRACTION_SLACK)
+        subset[rows] = draws[int(good_enough[0])]
+    return subset
+
+
+def held_out_cluster_counts(clusters: int, held_out: Sequence[tuple[str, float, int]]) -> list[int]:
+    """How many of a class's ``clusters`` each held-out subset gets (see :func:`assign_clusters`).
+
+    Raises:
+        SplitError: Fewer clusters than one per subset, training included.
+    """
+    if clusters < len(held_out) + 1:
+        raise SplitError(
+            f"A class with {clusters} near-duplicate clusters cannot be split into {len(held_out) + 1} "
+            "subsets of whole clusters; add images of other series."
+        )
+    wanted = [max(minimum, int(np.floor(fraction * clusters + 0.5))) for _, fraction, minimum in held_out]
+    for position in reversed(range(len(wanted))):
+        excess = sum(wanted) - (clusters - 1)
+        if excess <= 0:
+            break
+        wanted[position] -= min(excess, wanted[position] - 1)
+    return wanted
+
+
+def cluster_warnings(manifest: pd.DataFrame, subset: str = "test") -> list[str]:
+    """A sentence for each class whose ``subset`` images come from fewer than :data:`FEW_CLUSTERS`
+    clusters, saying how many clusters the class has in all.
+
+    Args:
+        manifest: A split manifest (``label``, ``cluster``, ``subset`` columns).
+        subset: The subset whose clusters are counted.
+    """
+    present = clusters_per_class(manifest)[subset]
+    totals = manifest.groupby("label")["cluster"].nunique()
+    sentences = []
+    for label in CLASS_NAMES:
+        count, total = present[label], int(totals.get(label, 0))
+        if count >= FEW_CLUSTERS or total == 0:
+            continue
+        series = "one series'" if count == 1 else f"{count} series'"
+        sentence = (
+            f"{label}: the {subset} images come from {count} near-duplicate cluster"
+            f"{'' if count == 1 else 's'} (of {total}); its {subset} recall is {series} recall."
+        )
+        if count < MIN_TEST_CLUSTERS and subset == "test":
+            sentence += f" The class has too few clusters for {MIN_TEST_CLUSTERS} test clusters."
+        sentences.append(sentence)
+    return sentences
+
+
+def clusters_per_class(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Distinct clusters per subset and class of a manifest (``label``, ``cluster``, ``subset``).
+
+    A cluster counts for every class its images in that subset carry, so the number says how many
+    series a class's score on the subset rests on.
+    """
+    table = manifest.groupby(["subset", "label"])["cluster"].nunique()
+    return {subset: {label: int(table.get((subset, label), 0)) for label in CLASS_NAMES} for subset in SUBSETS}
+
+
+def _fold_fields(cv: Any) -> dict[str, Any]:
+    """The fold fields of :class:`Split` from the ``cv`` entry of a ``split.json``."""
+    if not isinstance(cv, dict):
+        return {}
+    return {"cv_id": str(cv["cv_id"]), "fold": int(cv["fold"]), "folds": int(cv["folds"])}
