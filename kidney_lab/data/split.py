@@ -492,7 +492,7 @@ def cluster_warnings(manifest: pd.DataFrame, subset: str = "test") -> list[str]:
             f"{label}: the {subset} images come from {count} near-duplicate cluster"
             f"{'' if count == 1 else 's'} (of {total}); its {subset} recall is {series} recall."
         )
-        if count < MIN_TEST_CLUSTERS and subset == "test":
+        if count < MIN_TEST_CLUSTERS and total < MIN_TEST_CLUSTERS + 2:
             sentence += f" The class has too few clusters for {MIN_TEST_CLUSTERS} test clusters."
         sentences.append(sentence)
     return sentences
