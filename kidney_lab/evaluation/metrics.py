@@ -11,6 +11,12 @@ calibration error with its reliability bins, and the cross-entropy loss. Percent
 intervals for accuracy and macro F1 resample whole rows (images) with a fixed seed, so the same
 table always gets the same interval; the resamples are counted with one ``bincount`` per chunk
 instead of a Python loop, so 2,000 resamples of 2,000 images take a fraction of a second.
+
+The bootstrap works on resampling units, each carrying its own confusion counts
+(:func:`unit_confusions`, :func:`resampled_scores`): here a unit is one image, and
+:mod:`kidney_lab.evaluation.stats` uses the same code with near-duplicate clusters (series) as
+units, since the slices of one series are not independent observations. A predictions table may
+carry a ``cluster`` column (:data:`CLUSTER_COLUMN`) for that.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ PROBABILITY_PREFIX = "prob_"
 PREDICTION_COLUMNS = ("path", "true_label", "predicted_label") + tuple(
     PROBABILITY_PREFIX + name for name in classes.CLASS_NAMES
 )
+# Optional column of a predictions table: the near-duplicate cluster (roughly the CT series) of
+# each image, as in the split manifest; the cluster statistics resample by it.
+CLUSTER_COLUMN = "cluster"
 
 # Probabilities are clipped to [EPSILON, 1] before the log of the cross-entropy.
 EPSILON = 1e-7
@@ -41,7 +50,7 @@ BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE_LEVEL = 0.95
 # Resampled rows counted at once by the bootstrap (bounds its memory to a few tens of MB).
-_BOOTSTRAP_CHUNK_ROWS = 4_000_000
+BOOTSTRAP_CHUNK_ROWS = 4_000_000
 
 
 class PredictionsError(errors.KidneyLabError, ValueError):
@@ -268,13 +277,96 @@ def bootstrap_intervals(
 
     Returns:
         ``accuracy`` and ``macro_f1`` as ``[low, high]``, and ``level``, ``resamples``,
-        ``seed`` and ``method``.
+        ``seed`` and ``method``; ``resampling`` is ``"image"`` and ``clusters`` is ``None``
+        (images were resampled as if independent, whatever series they come from; the cluster
+        version is :func:`kidney_lab.evaluation.stats.cluster_bootstrap_intervals`).
 
     Raises:
         PredictionsError: see :func:`check_predictions`; ``resamples`` below 1 or ``level``
             outside (0, 1).
     """
     return _bootstrap_intervals(check_predictions(table), resamples, seed, level)
+
+
+def unit_confusions(table: pd.DataFrame, units: Any) -> np.ndarray:
+    """The confusion counts of each resampling unit of a checked predictions table.
+
+    Args:
+        table: a predictions table (already checked).
+        units: one unit key per row (such as its path, or its cluster); units are ordered by
+            their keys as text, so the result does not depend on the order of the rows.
+
+    Returns:
+        An integer array of shape ``(units, classes * classes)``: row ``u``, cell
+        ``true * classes + predicted`` counts the images of unit ``u`` in that confusion cell.
+    """
+    count = len(classes.CLASS_NAMES)
+    codes = _class_indices(table["true_label"]) * count + _class_indices(table["predicted_label"])
+    _, which = np.unique(np.asarray(units).astype(str), return_inverse=True)
+    which = which.reshape(-1)
+    cells = np.zeros((int(which.max()) + 1 if len(which) else 0, count * count), dtype=np.int64)
+    np.add.at(cells, (which, codes), 1)
+    return cells
+
+
+def resampled_scores(unit_cells: np.ndarray, *, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and macro F1 of bootstrap resamples of units (see :func:`unit_confusions`).
+
+    Each resample draws as many units as there are, with replacement, from a NumPy generator
+    seeded with ``seed``, and sums their confusion counts. ``unit_cells`` may stack several
+    models' counts of the same units, ``(models, units, cells)``: every model then gets the same
+    draws, as a paired bootstrap needs.
+
+    Returns:
+        ``(accuracy, macro_f1)``, each of shape ``(resamples,)``, or ``(models, resamples)``.
+
+    Raises:
+        PredictionsError: ``resamples`` below 1.
+    """
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise PredictionsError(f"The bootstrap needs at least 1 resample; got {resamples!r}.")
+    stacked = np.asarray(unit_cells)[None] if np.ndim(unit_cells) == 2 else np.asarray(unit_cells)
+    models, units, cells = stacked.shape
+    rng = np.random.default_rng(seed)
+    chunk = max(1, BOOTSTRAP_CHUNK_ROWS // units)
+    accuracy = np.empty((models, resamples))
+    macro_f1 = np.empty((models, resamples))
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        drawn = rng.integers(0, units, size=(size, units))
+        offsets = np.arange(size)[:, None] * units
+        multiplicity = np.bincount((drawn + offsets).ravel(), minlength=size * units).reshape(size, units)
+        matrices = np.einsum("su,muc->msc", multiplicity, stacked)
+        accuracy[:, start:start + size], macro_f1[:, start:start + size] = scores_of_confusions(matrices)
+    if np.ndim(unit_cells) == 2:
+        return accuracy[0], macro_f1[0]
+    return accuracy, macro_f1
+
+
+def scores_of_confusions(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and macro F1 of flattened confusion matrices, ``(..., classes * classes)``.
+
+    Macro F1 is the mean over all classes of ``2 TP / (2 TP + FP + FN)`` (0 when that is 0/0),
+    exactly what :func:`compute_metrics` reports for a table.
+    """
+    count = len(classes.CLASS_NAMES)
+    square = np.asarray(matrices).reshape(*np.shape(matrices)[:-1], count, count)
+    true_positive = np.diagonal(square, axis1=-2, axis2=-1)
+    denominator = square.sum(axis=-2) + square.sum(axis=-1)
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(true_positive.shape), where=denominator > 0)
+    return true_positive.sum(axis=-1) / square.sum(axis=(-2, -1)), f1.mean(axis=-1)
+
+
+def percentile_interval(values: np.ndarray, level: float = CONFIDENCE_LEVEL) -> list[float]:
+    """The central ``level`` percentile interval of ``values``, as ``[low, high]``.
+
+    Raises:
+        PredictionsError: ``level`` outside (0, 1).
+    """
+    if not 0 < level < 1:
+        raise PredictionsError(f"The confidence level must be between 0 and 1; got {level!r}.")
+    tail = (1 - level) / 2 * 100
+    return [float(value) for value in np.percentile(values, [tail, 100 - tail])]
 
 
 def _roc_curves(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -359,34 +451,13 @@ def _reliability(table: pd.DataFrame, bins: int) -> dict[str, Any]:
 
 
 def _bootstrap_intervals(table: pd.DataFrame, resamples: int, seed: int, level: float) -> dict[str, Any]:
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-        raise PredictionsError(f"The bootstrap needs at least 1 resample; got {resamples!r}.")
-    if not 0 < level < 1:
-        raise PredictionsError(f"The confidence level must be between 0 and 1; got {level!r}.")
-    count = len(classes.CLASS_NAMES)
-    truth = _class_indices(table["true_label"])
-    predicted = _class_indices(table["predicted_label"])
-    cells = (truth * count + predicted)[np.argsort(table["path"].astype(str).to_numpy(), kind="stable")]
-    rows = len(cells)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CHUNK_ROWS // rows)
-    accuracy = np.empty(resamples)
-    macro_f1 = np.empty(resamples)
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        drawn = cells[rng.integers(0, rows, size=(size, rows))]
-        offsets = np.arange(size)[:, None] * (count * count)
-        matrices = np.bincount((drawn + offsets).ravel(), minlength=size * count * count)
-        matrices = matrices.reshape(size, count, count)
-        true_positive = np.diagonal(matrices, axis1=1, axis2=2)
-        denominator = matrices.sum(axis=1) + matrices.sum(axis=2)
-        f1 = np.divide(2 * true_positive, denominator, out=np.zeros(true_positive.shape), where=denominator > 0)
-        accuracy[start:start + size] = true_positive.sum(axis=1) / rows
-        macro_f1[start:start + size] = f1.mean(axis=1)
-    tail = (1 - level) / 2 * 100
+    percentile_interval(np.zeros(1), level)  # Refuses a bad level before any work.
+    accuracy, macro_f1 = resampled_scores(unit_confusions(table, table["path"]), resamples=resamples, seed=seed)
     return {
-        "accuracy": [float(value) for value in np.percentile(accuracy, [tail, 100 - tail])],
-        "macro_f1": [float(value) for value in np.percentile(macro_f1, [tail, 100 - tail])],
+        "resampling": "image",
+        "clusters": None,
+        "accuracy": percentile_interval(accuracy, level),
+        "macro_f1": percentile_interval(macro_f1, level),
         "level": level,
         "resamples": resamples,
         "seed": seed,
