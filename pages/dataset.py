@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from kidney_lab import workspace as workspace_module
@@ -21,6 +22,7 @@ from pages import common
 SAMPLES_PER_CLASS = 6
 GROUPS_SHOWN = 4
 CLUSTER_MEMBERS_SHOWN = 6
+SUBSET_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
 
 def main() -> None:
@@ -211,7 +213,8 @@ def draw_splits(report: audit_module.AuditReport, key: tuple) -> None:
     st.subheader("Split preview: random vs grouped")
     st.markdown(
         "A **random** split assigns images one by one (as the original study did); a **grouped** "
-        "split keeps every near-duplicate cluster whole on one side. A test image with a "
+        "split keeps every near-duplicate cluster whole on one side and gives every class at least "
+        f"{split_module.MIN_TEST_CLUSTERS} test clusters where it has enough. A test image with a "
         "duplicate or near-duplicate in training is one the model has, in effect, already seen."
     )
     seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1,
@@ -234,6 +237,7 @@ def draw_splits(report: audit_module.AuditReport, key: tuple) -> None:
         })
     st.dataframe(rows, hide_index=True)
     st.caption("Previews only: nothing is stored until a model is trained on a split (fractions 70/15/15).")
+    draw_cluster_tables(results)
     random = results.get("random")
     if random and random["test_with_duplicate_in_train"]:
         st.warning(
@@ -241,5 +245,26 @@ def draw_splits(report: audit_module.AuditReport, key: tuple) -> None:
             "images have a duplicate or near-duplicate in training, so a score on it rewards remembering "
             "seen images. Train on the grouped split for an honest estimate."
         )
+
+def draw_cluster_tables(results: dict[str, dict]) -> None:
+    """Distinct near-duplicate clusters per class and subset of each split, and the grouped
+    split's warnings about classes whose test images come from few clusters."""
+    st.markdown("**Near-duplicate clusters per class and subset**")
+    st.caption(
+        "A cluster is roughly one CT series, and the slices of one series are not independent: a "
+        "class's test score rests on as many cases as it has test clusters. On the random split "
+        "the same clusters are on every side."
+    )
+    columns = st.columns(len(results))
+    for column, (strategy, result) in zip(columns, results.items()):
+        column.markdown(f"*{strategy}*")
+        column.table(pd.DataFrame(
+            [result["clusters"][subset] for subset in split_module.SUBSETS],
+            index=[SUBSET_NAMES[subset] for subset in split_module.SUBSETS], columns=list(CLASS_NAMES),
+        ))
+    grouped = results.get("grouped")
+    for warning in grouped["warnings"] if grouped else []:
+        st.warning(f"Grouped split: {warning}", icon=":material/warning:")
+
 
 common.run_page(main)

@@ -55,6 +55,8 @@ def test_phantom_audit_split_round_trip(tmp_path, capsys):
     assert split["test_with_duplicate_in_train"] == 0
     assert Path(split["manifest"]).is_absolute() and Path(split["manifest"]).is_file()
     assert split["split_id"] in split["manifest"]
+    assert set(split["clusters"]) == {"train", "val", "test"} and isinstance(split["warnings"], list)
+    assert sum(split["clusters"]["test"].values()) >= 2 * len(CLASS_NAMES) and "Clusters" in out
 
 
 @pytest.mark.parametrize(
