@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("image", metavar="IMAGE", type=Path, help="the scan (PNG, JPEG, BMP, TIFF, GIF or DICOM)")
     explain.add_argument("--runs", required=True, help="comma-separated run folders or run ids")
-    explain.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, scorecam or layercam")
+    explain.add_argument("--method", default="gradcam", action=_MethodOption, help="{methods} (default gradcam)")
     explain.add_argument("--target", default=None,
                          help="class every heat map explains (Cyst, Normal, Stone, Tumor); default: each model's prediction")
     explain.add_argument("--opacity", type=float, default=0.4, help="weight of the heat map in the overlay, 0 to 1 (0.4)")
@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain_eval.add_argument("run", metavar="RUN_DIR", help="run folder, or run id in the workspace")
     explain_eval.add_argument("--data", type=Path, default=None,
                               help="dataset folder (Kaggle layout); default: the run's own test split")
-    explain_eval.add_argument("--methods", default="gradcam", help="comma-separated methods, or all (gradcam)")
+    explain_eval.add_argument("--methods", default="gradcam", action=_MethodOption,
+                              help="comma-separated methods ({methods}), or all (gradcam)")
     explain_eval.add_argument("--max-images", type=_positive_int, default=200,
                               help="at most this many images, spread over the classes (200)")
     explain_eval.add_argument("--steps", type=_positive_int, default=20, help="points of each deletion/insertion curve (20)")
@@ -452,7 +453,7 @@ def _run_explain(arguments: argparse.Namespace) -> dict[str, Any]:
         paths[result.run_id] = {name: str(path) for name, path in files.items()}
         probability = result.probabilities[result.predicted]
         print(f"{result.display_name:<19} predicted {result.predicted:<6} ({probability:.2f})  "
-              f"{cam.METHOD_DISPLAY_NAMES[method]} for {result.target:<6} {result.seconds:.2f} s  {files['overlay']}")
+              f"{cam.get_method(method).display_name} for {result.target:<6} {result.seconds:.2f} s  {files['overlay']}")
     for failure in report.errors:
         print(f"warning: run {failure['run_id']}: {failure['message']}", file=sys.stderr)
     if not report.ok:
@@ -470,7 +471,7 @@ def _run_explain_eval(arguments: argparse.Namespace) -> dict[str, Any]:
 
     folder = resolve_run(arguments.run, arguments.workspace)
     text = arguments.methods.strip().lower()
-    methods = cam.METHODS if text == "all" else [part for part in text.split(",") if part.strip()]
+    methods = cam.method_names() if text == "all" else [part for part in text.split(",") if part.strip()]
     result = evaluate_faithfulness(
         folder, arguments.data, methods, arguments.max_images, curves=not arguments.no_curves,
         sanity_check=not arguments.no_sanity_check, steps=arguments.steps, seed=arguments.seed,
@@ -579,6 +580,32 @@ def _progress_printer(label: str) -> Callable[[int, int], None] | None:
             print(f"\r{label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
 
     return report
+
+
+class _MethodOption(argparse.Action):
+    """``--method``/``--methods``: an option stored as given whose help names the CAM methods.
+
+    ``{methods}`` in the help becomes the method registry's names
+    (:func:`kidney_lab.explain.cam.method_names`) when the help is shown, not when the parser
+    is built: the registry imports TensorFlow, which most commands never need. The handlers
+    check the value against the same registry, so an unknown method fails with the choices.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+
+    @property
+    def help(self) -> str:
+        """The help text, with the registered methods' names."""
+        _start_tensorflow_quietly()
+        from kidney_lab.explain import cam
+
+        return self._help_template.format(methods=", ".join(cam.method_names()))
+
+    @help.setter
+    def help(self, template: str) -> None:
+        self._help_template = template
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:

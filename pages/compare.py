@@ -53,15 +53,6 @@ SAMPLES_PER_CLASS = 8
 # Explanations kept by the page's cache (each holds one heat map at the scan's size).
 CACHED_EXPLANATIONS = 120
 OPACITY_STEP = 0.05
-METHOD_HELP = {
-    "gradcam": "Grad-CAM: the CAM layer weighted by the mean gradient of the class score. Fastest.",
-    "gradcam++": "Grad-CAM++: second-order weights; with the global pooling of these five models "
-                 "it equals Grad-CAM with negative channel weights dropped.",
-    "scorecam": "Score-CAM: weights from how the class probability changes when the scan is masked "
-                "by each of 32 channels; gradient-free, about 33 forward passes per model.",
-    "layercam": "LayerCAM: positive gradients times activations, position by position, from the "
-                "last layer and two finer ones fused (CNNs): the finest map; the ViT has one layer.",
-}
 UPLOAD_HELP = ("PNG, JPEG, TIFF or DICOM. The format is found from the file's contents, so DICOM "
                "files without an extension work. Files stay in memory and are never saved.")
 
@@ -273,13 +264,18 @@ def choose_settings() -> Settings:
     from kidney_lab.explain import cam, render
 
     method_column, target_column, opacity_column, colour_column = st.columns([4, 2.2, 2, 1.2])
+    methods = [cam.get_method(name) for name in cam.method_names()]
     method = method_column.segmented_control(
-        "Method", list(explain.METHODS), default="gradcam", required=True, key="compare-method",
-        format_func=cam.METHOD_DISPLAY_NAMES.get, help="\n\n".join(METHOD_HELP.values()),
+        "Method", [chosen.name for chosen in methods], default="gradcam", required=True, key="compare-method",
+        format_func=lambda name: cam.get_method(name).display_name,
+        help="\n\n".join(f"{chosen.display_name}: {chosen.help}" for chosen in methods),
     )
+    chosen = cam.get_method(method or "gradcam")
+    # A method whose map is the same for every class has no class to choose.
     target = target_column.selectbox(
         "Explain the class", [OWN_PREDICTION, *CLASS_NAMES], key="compare-target",
         help="The class each heat map explains: by default each model's own prediction.",
+        disabled=not chosen.explains_a_class,
     )
     opacity = opacity_column.slider(
         "Heat-map opacity", 0.0, 1.0, render.DEFAULT_OPACITY, OPACITY_STEP, key="compare-opacity",
@@ -289,8 +285,8 @@ def choose_settings() -> Settings:
         "Colours", list(explain.COLORMAPS), key="compare-colormap",
         help="turbo: blue is low, red is high. viridis and inferno also read in greyscale.",
     )
-    return Settings(method=method or "gradcam", target=None if target == OWN_PREDICTION else target,
-                    opacity=float(opacity), colormap=colormap)
+    explained = target if chosen.explains_a_class and target != OWN_PREDICTION else None
+    return Settings(method=chosen.name, target=explained, opacity=float(opacity), colormap=colormap)
 
 
 def gather_scans(base: Path) -> tuple[list[ScanInput], str | None]:

@@ -5,7 +5,8 @@ models, with BGR colours shown as RGB, and its ViT Grad-CAM never ran. Here ever
 from a run's own saved model through the registry's CAM layer (the ViT through its token grid),
 is drawn in RGB, and is measured against the phantoms' lesion masks.
 
-- :mod:`kidney_lab.explain.cam`: the four methods, one compiled pass per model, the cache;
+- :mod:`kidney_lab.explain.cam`: one class per CAM method on one base (forward pass, gradients,
+  resizing, the compiled pass), the method registry (:data:`METHODS`), the cache;
 - :mod:`kidney_lab.explain.compare`: one scan through several runs, failures kept per run;
 - :mod:`kidney_lab.explain.render`: colour maps, overlays and PNG bytes;
 - :mod:`kidney_lab.explain.faithfulness`: pointing game, energy in the lesion mask, deletion and

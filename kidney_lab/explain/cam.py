@@ -14,33 +14,20 @@ path. Three things keep it fast:
 - what depends on the scan's own size (cropping the padding, resizing to the scan) happens
   outside the compiled function on the small CAM grid, with Pillow.
 
+Each method is one small class (as in pytorch-grad-cam): :class:`Explainer`, the base, owns
+the forward pass, the gradients, the fusion of several layers, the resizing, the scaling and the
+compiled function; a subclass per method holds its registry name, display name, help text and
+capability flags (needs gradients, explains a chosen class, reads the finer layers) and
+overrides how one layer's map is made. :func:`register_method` adds one to :data:`METHODS`, the
+one list the CLI, the faithfulness measures and the Compare page read (:func:`method_names`,
+:func:`get_method`).
+
 How a map is made. The CAM layer is the registry's (``ModelSpec.cam_layer``): a CNN's last
 convolutional block, or the ViT's token grid laid out as ``(grid, grid, dim)``, treated
 exactly like a convolutional map. With activations ``A`` (``h x w x C``) and the gradient
-``G`` of the target class's logit (the score before the softmax, as in the Grad-CAM paper):
-
-- ``gradcam``: weights = mean of ``G`` over the grid, map = ReLU(sum_c weight_c A_c);
-- ``gradcam++``: the closed-form second-order weights of Chattopadhyay et al. (2018), as
-  tf-keras-vis computes them; the paper's ``exp(score)`` factor cancels in the alphas and only
-  scales the map, so it is left out (large logits would overflow float32);
-- ``layercam``: LayerCAM (Jiang et al., 2021): per layer, map = ReLU(sum_c ReLU(G_c) * A_c),
-  position by position, read from the CAM layer and from the registry's finer layers
-  (``ModelSpec.fine_cam_layers``: a CNN's last activations at stride 16 and 8), each resized
-  bilinearly to the input, scaled to [0, 1] by its own range and fused by the element-wise
-  maximum, then multiplied by the CAM layer's maximum (so a class with no positive evidence at
-  the CAM layer has a flat map). At the CAM layer alone LayerCAM would add nothing: all five
-  models pool it globally before their classifier, so ``G`` is the same at every position of a
-  channel, Grad-CAM++'s alphas are uniform, and both are Grad-CAM with negative channel weights
-  clipped to zero. The finer layers are what make it finer than a 3x3 grid at 96 px: on the
-  demo study's test phantoms its pointing game is 0.71-0.98 for the four CNNs where
-  Grad-CAM's is 0.04-0.65 (README, "Heat maps"). The paper's tanh scaling of shallow layers was
-  measured too and did worse (ResNet50 0.44 against 0.78, on other phantoms). The ViT has one
-  spatial map, so its LayerCAM is that map's alone;
-- ``scorecam``: Faster Score-CAM: the :data:`SCORECAM_CHANNELS` channels of largest spatial
-  standard deviation are upsampled to the input size, scaled to [0, 1] and used as masks on
-  the raw pixels (0 = black, so masking blacks out); each channel's weight is the target
-  probability of its masked image, map = ReLU(sum_c weight_c A_c). It costs one forward pass
-  per channel on top of the first.
+``G`` of the target class's logit (the score before the softmax, as in the Grad-CAM paper),
+each method's class says how it makes its map: :class:`GradCam`, :class:`GradCamPlusPlus`,
+:class:`ScoreCam` and :class:`LayerCam`.
 
 A map can be no finer than its grid: about input/32 for the CNNs (7x7 at 224 px, 3x3 at
 96 px; InceptionV3's ``mixed10`` is 8x8 at 299 px but 1x1 below 107 px, where its map is flat)
@@ -66,7 +53,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import keras
 import numpy as np
@@ -81,18 +68,9 @@ from kidney_lab.data import pipeline
 from kidney_lab.data import scan as scan_module
 from kidney_lab.models import registry
 
-METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam", "layercam")
-METHOD_DISPLAY_NAMES: dict[str, str] = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "scorecam": "Score-CAM",
-    "layercam": "LayerCAM",
-}
-# Faster Score-CAM: channels of the CAM layer used as masks (those of largest spatial spread),
-# and at most how many input pixels the masked images that go through the model at once hold
-# (16 images at 224 px; all 32 at once below about 160 px).
-SCORECAM_CHANNELS = 32
-SCORECAM_BATCH_PIXELS = 16 * 224 * 224
+# The method registry: registry name -> method class, in the order methods are offered. Filled by
+# register_method below (the four methods of this module, then any a program adds).
+METHODS: dict[str, type[Explainer]] = {}
 # Explainers kept by load_explainer: five models with two methods each, plus a spare.
 CACHE_SIZE = 12
 
@@ -239,32 +217,70 @@ class LoadedRun:
 
 
 class Explainer:
-    """Explains scans with one method and one run's model; build with :func:`load_explainer`."""
+    """The mechanism every CAM method shares; one subclass per method (see :func:`register_method`).
 
-    def __init__(self, loaded: LoadedRun, method: str) -> None:
+    Build one with :func:`load_explainer` (cached) or :func:`build_explainer`. The base owns
+    everything but the method's arithmetic: the compiled pass (one ``tf.function`` per
+    explainer) runs one forward pass through the run's graph for the logits and the activations
+    of the layers the method reads, differentiates the target logit with respect to those
+    activations when the method needs gradients, asks :meth:`layer_map` for one map per layer,
+    and fuses several layers' maps at the input size; outside the compiled pass it resizes the
+    grid onto the scan and scales it to [0, 1].
+
+    A method is a subclass that sets the class attributes below and overrides
+    :meth:`channel_weights` (for a map ``ReLU(sum_c weight_c A_c)``) or :meth:`layer_map`
+    (for any other map of one layer).
+
+    Attributes:
+        name: the registry name, lower case (what ``--method`` takes and the JSON files say).
+        display_name: the name people read (``"Grad-CAM"``).
+        help: what the method does and costs, in a sentence or two, for the Compare page.
+        needs_gradients: whether the pass differentiates the target class's logit.
+        explains_a_class: whether the map depends on the class chosen to explain (False: one
+            map whatever the class).
+        reads_fine_layers: False: the registry's ``cam_layer`` alone; True: ``cam_layer`` and
+            ``fine_cam_layers``, each layer's map resized to the input, scaled to [0, 1] by its
+            own range, fused by the element-wise maximum and multiplied by the ``cam_layer``
+            map's maximum (a model without finer layers gets its ``cam_layer`` map).
+    """
+
+    name: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = True
+    explains_a_class: ClassVar[bool] = True
+    reads_fine_layers: ClassVar[bool] = False
+
+    def __init__(self, loaded: LoadedRun) -> None:
         """Compile the method's pass for ``loaded`` (traced on the first call).
 
         Raises:
-            kidney_lab.errors.ConfigError: an unknown method.
+            kidney_lab.models.registry.ModelLoadError: the method reads finer layers that the
+                model lacks.
         """
         self.loaded = loaded
-        self.method = check_method(method)
+        spec = loaded.spec
+        if self.reads_fine_layers and spec.fine_cam_layers and loaded.layer_graph is None:
+            others = [method.display_name for method in METHODS.values() if not method.reads_fine_layers]
+            raise registry.ModelLoadError(
+                f"Run {loaded.run_id}: the {spec.display_name} model lacks the layers {self.display_name} "
+                f"reads ({', '.join(spec.fine_cam_layers)}); it was not built by kidney_lab's "
+                f"registry. {_join(others)} still work."
+            )
         size = loaded.image_size
         signature = [tf.TensorSpec((1, size, size, 3), tf.float32), tf.TensorSpec((), tf.int32)]
-        body = {"scorecam": self._score_cam, "layercam": self._layer_cam}.get(self.method, self._gradient_cam)
-        if self.method == "layercam" and loaded.spec.fine_cam_layers and loaded.layer_graph is None:
-            raise registry.ModelLoadError(
-                f"Run {loaded.run_id}: the {loaded.spec.display_name} model lacks the layers LayerCAM "
-                f"reads ({', '.join(loaded.spec.fine_cam_layers)}); it was not built by kidney_lab's "
-                "registry. Grad-CAM, Grad-CAM++ and Score-CAM still work."
-            )
 
         # A function object of its own per explainer: TensorFlow counts traces per Python
         # function, and one shared bound method would look like needless retracing.
         def compiled_pass(pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            return body(pixels, target)
+            return self._map_pass(pixels, target)
 
         self._pass = tf.function(compiled_pass, input_signature=signature)
+
+    @property
+    def method(self) -> str:
+        """The method's registry name."""
+        return self.name
 
     @property
     def run_id(self) -> str:
@@ -277,7 +293,7 @@ class Explainer:
         return self.loaded.spec.name
 
     @property
-    def display_name(self) -> str:
+    def model_display_name(self) -> str:
         """The model's display name."""
         return self.loaded.spec.display_name
 
@@ -326,7 +342,7 @@ class Explainer:
         return Explanation(
             run_id=self.run_id,
             model=self.model_name,
-            display_name=self.display_name,
+            display_name=self.model_display_name,
             method=self.method,
             probabilities=probabilities,
             predicted=classes.CLASS_NAMES[int(np.argmax(result.probabilities))],
@@ -347,68 +363,76 @@ class Explainer:
         probabilities, index, grid = self._pass(tf.constant(pixels, tf.float32), tf.constant(target, tf.int32))
         return CamResult(probabilities.numpy(), int(index.numpy()), grid.numpy().astype(np.float32))
 
-    def _forward(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-        logits, activations = self.loaded.graph(pixels, training=False)
-        logits, index, probabilities = _target_and_probabilities(logits, target)
-        return logits, tf.cast(activations, tf.float32), index, probabilities
+    def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor | None) -> tf.Tensor:
+        """One weight per channel of one layer, for the default :meth:`layer_map`.
 
-    def _gradient_cam(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        Args:
+            activations: float32 ``(h, w, C)``.
+            gradients: the target logit's gradient with respect to ``activations``, same shape;
+                None for a method that needs no gradients.
+
+        Returns:
+            float32 ``(C,)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must override channel_weights or layer_map.")
+
+    def layer_map(
+        self, activations: tf.Tensor, gradients: tf.Tensor | None, pixels: tf.Tensor, index: tf.Tensor
+    ) -> tf.Tensor:
+        """One layer's map on that layer's grid: ``ReLU(sum_c weight_c A_c)`` by default.
+
+        Args:
+            activations: float32 ``(h, w, C)``.
+            gradients: see :meth:`channel_weights`.
+            pixels: the model input ``(1, S, S, 3)``, raw 0-255.
+            index: the index of the class explained (int32 scalar).
+
+        Returns:
+            float32 ``(h, w)``.
+        """
+        weights = self.channel_weights(activations, gradients)
+        return tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1))
+
+    def _graph(self) -> keras.Model:
+        """The graph of the layers the method reads: outputs ``[logits, activations, ...]``."""
+        if self.reads_fine_layers and self.loaded.layer_graph is not None:
+            return self.loaded.layer_graph
+        return self.loaded.graph
+
+    def _forward(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+        logits, *outputs = self._graph()(pixels, training=False)
+        logits, index, probabilities = _target_and_probabilities(logits, target)
+        return logits, index, probabilities, [tf.cast(output, tf.float32) for output in outputs]
+
+    def _map_pass(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         # tf-keras-vis runs a fresh eager pass per call and computes the map in NumPy, so the
         # forward pass, the gradient and the weighting are fused into this one graph instead.
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(pixels)
-            logits, activations, index, probabilities = self._forward(pixels, target)
-            score = tf.gather(logits[0], index)
-        gradients = tape.gradient(score, activations)
-        cam = _WEIGHTINGS[self.method](activations[0], gradients[0])
-        return probabilities, index, cam
+        if self.needs_gradients:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(pixels)
+                logits, index, probabilities, layers = self._forward(pixels, target)
+                score = tf.gather(logits[0], index)
+            gradients = tape.gradient(score, layers)
+        else:
+            _, index, probabilities, layers = self._forward(pixels, target)
+            gradients = [None] * len(layers)
+        maps = [
+            self.layer_map(activations[0], None if layer_gradients is None else layer_gradients[0], pixels, index)
+            for activations, layer_gradients in zip(layers, gradients)
+        ]
+        return probabilities, index, self._fuse(maps)
 
-    def _layer_cam(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        if self.loaded.layer_graph is None:  # The ViT: its token grid is its only spatial map.
-            return self._gradient_cam(pixels, target)
+    def _fuse(self, maps: list[tf.Tensor]) -> tf.Tensor:
+        if len(maps) == 1:
+            return maps[0]
         # tf-keras-vis' Layercam reads one layer; the fusion of several, LayerCAM's point, is here.
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(pixels)
-            logits, *outputs = self.loaded.layer_graph(pixels, training=False)
-            logits, index, probabilities = _target_and_probabilities(logits, target)
-            score = tf.gather(logits[0], index)
-            layers = [tf.cast(output, tf.float32) for output in outputs]
-        gradients = tape.gradient(score, layers)
-        maps = [_layer_cam(activations[0], layer_gradients[0]) for activations, layer_gradients in zip(layers, gradients)]
         size = self.image_size
         fused = tf.zeros((size, size), tf.float32)
         for layer_map in maps:
             resized = tf.image.resize(layer_map[None, :, :, None], (size, size), method="bilinear")[0, :, :, 0]
             low, high = tf.reduce_min(resized), tf.reduce_max(resized)
             fused = tf.maximum(fused, tf.math.divide_no_nan(resized - low, high - low))
-        return probabilities, index, fused * tf.reduce_max(maps[0])
-
-    def _score_cam(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        # tf-keras-vis' Scorecam upsamples with SciPy and predicts with model.predict on every
-        # call; the same Faster Score-CAM runs here inside one compiled graph.
-        _, activations, index, probabilities = self._forward(pixels, target)
-        maps = activations[0]
-        channels = min(SCORECAM_CHANNELS, int(maps.shape[-1]))
-        _, top = tf.math.top_k(tf.math.reduce_std(maps, axis=[0, 1]), k=channels)
-        chosen = tf.gather(maps, top, axis=-1)
-        size = self.image_size
-        upsampled = tf.image.resize(chosen[None], (size, size), method="bilinear")[0]
-        low = tf.reduce_min(upsampled, axis=[0, 1], keepdims=True)
-        high = tf.reduce_max(upsampled, axis=[0, 1], keepdims=True)
-        masks = tf.math.divide_no_nan(upsampled - low, high - low)
-        masked = pixels * tf.transpose(masks, [2, 0, 1])[..., None]
-        batch = scorecam_batch(channels, size)
-        weights = []
-        for start in range(0, channels, batch):
-            logits, _ = self.loaded.graph(masked[start:start + batch], training=False)
-            weights.append(tf.gather(tf.nn.softmax(tf.cast(logits, tf.float32)), index, axis=1))
-        weights = tf.concat(weights, axis=0)
-        return probabilities, index, tf.nn.relu(tf.reduce_sum(chosen * weights, axis=-1))
-
-
-def scorecam_batch(channels: int, image_size: int) -> int:
-    """How many of Score-CAM's ``channels`` masked images go through the model at once."""
-    return max(1, min(channels, SCORECAM_BATCH_PIXELS // (image_size * image_size)))
+        return fused * tf.reduce_max(maps[0])
 
 
 def _target_and_probabilities(logits: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -418,48 +442,218 @@ def _target_and_probabilities(logits: tf.Tensor, target: tf.Tensor) -> tuple[tf.
     return logits, index, tf.nn.softmax(logits[0])
 
 
-def _grad_cam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-    weights = tf.reduce_mean(gradients, axis=[0, 1])
-    return tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1))
+def _join(names: list[str]) -> str:
+    """``"A, B and C"``."""
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
-def _grad_cam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-    squared = gradients**2
-    cubed = squared * gradients
-    total = tf.reduce_sum(activations, axis=[0, 1], keepdims=True)
-    denominator = 2.0 * squared + cubed * total
-    denominator += tf.cast(squared == 0.0, denominator.dtype)
-    alphas = squared / denominator
-    norm = tf.reduce_sum(alphas, axis=[0, 1], keepdims=True)
-    alphas /= norm + tf.cast(norm == 0.0, norm.dtype)
-    weights = tf.reduce_sum(tf.nn.relu(gradients) * alphas, axis=[0, 1])
-    return tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1))
+# The method registry --------------------------------------------------------------------------
 
 
-def _layer_cam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-    return tf.nn.relu(tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1))
+def _method_key(name: str) -> str:
+    """A method name with case, spaces, ``-`` and ``_`` ignored (``"Grad-CAM++"`` -> ``"gradcam++"``)."""
+    return str(name).strip().lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
-_WEIGHTINGS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
-    "gradcam": _grad_cam,
-    "gradcam++": _grad_cam_plus_plus,
-    "layercam": _layer_cam,
-}
+def register_method(method: type[Explainer]) -> type[Explainer]:
+    """Make a method known to every part of kidney_lab; also a class decorator.
+
+    The CLI's ``--method``/``--methods``, the faithfulness measures and the Compare page offer
+    every registered method, in the order of registration. ``unregister_method`` undoes it.
+
+    Raises:
+        ValueError: ``method`` is not an :class:`Explainer` subclass, lacks a name, display
+            name or help, has a name that is not lower case without ``-``/``_``/spaces, or has
+            the name of a registered method.
+    """
+    if not (isinstance(method, type) and issubclass(method, Explainer)):
+        raise ValueError(f"A CAM method must be a subclass of cam.Explainer; got {method!r}.")
+    missing = [field for field in ("name", "display_name", "help") if not getattr(method, field)]
+    if missing:
+        raise ValueError(f"The CAM method {method.__name__} sets no {', '.join(missing)}.")
+    if _method_key(method.name) != method.name:
+        raise ValueError(
+            f"The CAM method name {method.name!r} must be lower case without '-', '_' or spaces "
+            f"(for example {_method_key(method.name)!r})."
+        )
+    if method.name in METHODS:
+        raise ValueError(f"A CAM method named {method.name!r} is registered already ({METHODS[method.name].__name__}).")
+    METHODS[method.name] = method
+    return method
 
 
-# Inputs and geometry ------------------------------------------------------------------------
+def unregister_method(name: str) -> None:
+    """Forget a registered method and drop its cached explainers.
+
+    Raises:
+        kidney_lab.errors.ConfigError: no method of that name.
+    """
+    method = get_method(name)
+    del METHODS[method.name]
+    with _cache_lock:
+        for key in [key for key in _cache if key[3] == method.name]:
+            del _cache[key]
 
 
-def check_method(method: str) -> str:
-    """The method's canonical name (case and ``-``/``_`` ignored: ``"Grad-CAM++"`` works).
+def method_names() -> tuple[str, ...]:
+    """The registry names of every method, in the order they are offered."""
+    return tuple(METHODS)
+
+
+def get_method(name: str) -> type[Explainer]:
+    """The class of a method by name (case and ``-``/``_`` ignored: ``"Grad-CAM++"`` works).
 
     Raises:
         kidney_lab.errors.ConfigError: an unknown method (the message lists the known ones).
     """
-    key = str(method).strip().lower().replace("-", "").replace("_", "").replace(" ", "")
-    if key in METHODS:
-        return key
-    raise errors.ConfigError(f"Unknown explanation method {method!r}; choose from {', '.join(METHODS)}.")
+    method = METHODS.get(_method_key(name))
+    if method is None:
+        raise errors.ConfigError(f"Unknown explanation method {name!r}; choose from {', '.join(METHODS)}.")
+    return method
+
+
+def check_method(name: str) -> str:
+    """The method's registry name (see :func:`get_method`).
+
+    Raises:
+        kidney_lab.errors.ConfigError: an unknown method (the message lists the known ones).
+    """
+    return get_method(name).name
+
+
+def build_explainer(loaded: LoadedRun, method: str) -> Explainer:
+    """An explainer of ``method`` for a loaded model (no cache; :func:`load_explainer` caches).
+
+    Raises:
+        kidney_lab.errors.ConfigError: an unknown method.
+        kidney_lab.models.registry.ModelLoadError: the model lacks a layer the method reads.
+    """
+    return get_method(method)(loaded)
+
+
+# The methods -----------------------------------------------------------------------------------
+
+
+@register_method
+class GradCam(Explainer):
+    """Grad-CAM (Selvaraju et al., 2017): weights = mean of ``G`` over the grid, map =
+    ReLU(sum_c weight_c A_c)."""
+
+    name = "gradcam"
+    display_name = "Grad-CAM"
+    help = "the CAM layer weighted by the mean gradient of the class score. Fastest."
+
+    def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor | None) -> tf.Tensor:
+        """The mean of the gradient over the grid, per channel."""
+        return tf.reduce_mean(gradients, axis=[0, 1])
+
+
+@register_method
+class GradCamPlusPlus(Explainer):
+    """Grad-CAM++ (Chattopadhyay et al., 2018): the closed-form second-order weights, as
+    tf-keras-vis computes them, map = ReLU(sum_c weight_c A_c). The paper's ``exp(score)`` factor
+    cancels in the alphas and only scales the map, so it is left out (large logits would
+    overflow float32)."""
+
+    name = "gradcam++"
+    display_name = "Grad-CAM++"
+    help = ("second-order weights; with the global pooling the models here end in, it equals "
+            "Grad-CAM with negative channel weights dropped.")
+
+    def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor | None) -> tf.Tensor:
+        """The positive gradient weighted by the closed-form alphas, summed over the grid."""
+        squared = gradients**2
+        cubed = squared * gradients
+        total = tf.reduce_sum(activations, axis=[0, 1], keepdims=True)
+        denominator = 2.0 * squared + cubed * total
+        denominator += tf.cast(squared == 0.0, denominator.dtype)
+        alphas = squared / denominator
+        norm = tf.reduce_sum(alphas, axis=[0, 1], keepdims=True)
+        alphas /= norm + tf.cast(norm == 0.0, norm.dtype)
+        return tf.reduce_sum(tf.nn.relu(gradients) * alphas, axis=[0, 1])
+
+
+@register_method
+class ScoreCam(Explainer):
+    """Faster Score-CAM (Wang et al., 2020): the :attr:`CHANNELS` channels of largest spatial
+    standard deviation are upsampled to the input size, scaled to [0, 1] and used as masks on
+    the raw pixels (0 = black, so masking blacks out); each channel's weight is the target
+    probability of its masked image, map = ReLU(sum_c weight_c A_c). It costs one forward pass
+    per channel on top of the first (batched, :meth:`batch_size`)."""
+
+    # Channels of the CAM layer used as masks (those of largest spatial spread), and at most how
+    # many input pixels the masked images that go through the model at once hold (16 images at
+    # 224 px; all 32 at once below about 160 px).
+    CHANNELS: ClassVar[int] = 32
+    BATCH_PIXELS: ClassVar[int] = 16 * 224 * 224
+
+    name = "scorecam"
+    display_name = "Score-CAM"
+    help = (f"weights from how the class probability changes when the scan is masked by each of "
+            f"{CHANNELS} channels; gradient-free, about {CHANNELS + 1} forward passes per model.")
+    needs_gradients = False
+
+    @classmethod
+    def batch_size(cls, channels: int, image_size: int) -> int:
+        """How many of the ``channels`` masked images go through the model at once."""
+        return max(1, min(channels, cls.BATCH_PIXELS // (image_size * image_size)))
+
+    def layer_map(
+        self, activations: tf.Tensor, gradients: tf.Tensor | None, pixels: tf.Tensor, index: tf.Tensor
+    ) -> tf.Tensor:
+        """``ReLU(sum_c weight_c A_c)`` over the chosen channels, weights from masked passes."""
+        # tf-keras-vis' Scorecam upsamples with SciPy and predicts with model.predict on every
+        # call; the same Faster Score-CAM runs here inside one compiled graph.
+        channels = min(self.CHANNELS, int(activations.shape[-1]))
+        _, top = tf.math.top_k(tf.math.reduce_std(activations, axis=[0, 1]), k=channels)
+        chosen = tf.gather(activations, top, axis=-1)
+        size = self.image_size
+        upsampled = tf.image.resize(chosen[None], (size, size), method="bilinear")[0]
+        low = tf.reduce_min(upsampled, axis=[0, 1], keepdims=True)
+        high = tf.reduce_max(upsampled, axis=[0, 1], keepdims=True)
+        masks = tf.math.divide_no_nan(upsampled - low, high - low)
+        masked = pixels * tf.transpose(masks, [2, 0, 1])[..., None]
+        batch = self.batch_size(channels, size)
+        weights = []
+        for start in range(0, channels, batch):
+            logits, _ = self.loaded.graph(masked[start:start + batch], training=False)
+            weights.append(tf.gather(tf.nn.softmax(tf.cast(logits, tf.float32)), index, axis=1))
+        weights = tf.concat(weights, axis=0)
+        return tf.nn.relu(tf.reduce_sum(chosen * weights, axis=-1))
+
+
+@register_method
+class LayerCam(Explainer):
+    """LayerCAM (Jiang et al., 2021): per layer, map = ReLU(sum_c ReLU(G_c) * A_c), position by
+    position, read from the CAM layer and from the registry's finer layers
+    (``ModelSpec.fine_cam_layers``: a CNN's last activations at stride 16 and 8) and fused as
+    :class:`Explainer` says (so a class with no positive evidence at the CAM layer has a flat
+    map).
+
+    At the CAM layer alone LayerCAM would add nothing: all five models pool it globally before
+    their classifier, so ``G`` is the same at every position of a channel, Grad-CAM++'s alphas
+    are uniform, and both are Grad-CAM with negative channel weights clipped to zero. The finer
+    layers are what make it finer than a 3x3 grid at 96 px: on the demo study's test phantoms
+    its pointing game is 0.71-0.98 for the four CNNs where Grad-CAM's is 0.04-0.65 (README,
+    "Heat maps"). The paper's tanh scaling of shallow layers was measured too and did worse
+    (ResNet50 0.44 against 0.78, on other phantoms). The ViT has one spatial map, so its
+    LayerCAM is that map's alone.
+    """
+
+    name = "layercam"
+    display_name = "LayerCAM"
+    help = ("positive gradients times activations, position by position, from the last layer and "
+            "the finer ones fused where a model has them (CNNs): the finest map; the ViT has one layer.")
+    reads_fine_layers = True
+
+    def layer_map(
+        self, activations: tf.Tensor, gradients: tf.Tensor | None, pixels: tf.Tensor, index: tf.Tensor
+    ) -> tf.Tensor:
+        """``ReLU(sum_c ReLU(G_c) * A_c)``, position by position."""
+        return tf.nn.relu(tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1))
+
+
+# Inputs and geometry ------------------------------------------------------------------------
 
 
 def target_index(target: str | int | None) -> int:
@@ -636,14 +830,14 @@ def load_explainer(run_dir: str | os.PathLike[str], method: str = "gradcam") -> 
         stat = (folder / runs.MODEL_FILE).stat()
         model_key = (str(folder), stat.st_mtime_ns, stat.st_size)
     except OSError:
-        return Explainer(load_run(folder), method)  # load_run raises the reason.
+        return build_explainer(load_run(folder), method)  # load_run raises the reason.
     key = (*model_key, method)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
         sibling = next((explainer for other, explainer in _cache.items() if other[:3] == model_key), None)
-        explainer = Explainer(sibling.loaded if sibling is not None else load_run(folder), method)
+        explainer = build_explainer(sibling.loaded if sibling is not None else load_run(folder), method)
         _cache[key] = explainer
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)

@@ -105,11 +105,11 @@ def _message(error: Exception, method: str) -> str:
         return str(error)
     if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
         return (
-            f"Out of memory while explaining with {cam.METHOD_DISPLAY_NAMES[method]}; close other "
+            f"Out of memory while explaining with {cam.get_method(method).display_name}; close other "
             "models or programs, or use gradcam, which needs the least memory."
         )
     text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    return f"{cam.METHOD_DISPLAY_NAMES[method]} failed on this model: {type(error).__name__}: {text}"
+    return f"{cam.get_method(method).display_name} failed on this model: {type(error).__name__}: {text}"
 
 
 def report_to_dict(report: ExplainReport, paths: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:

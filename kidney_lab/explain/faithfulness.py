@@ -128,7 +128,7 @@ def evaluate_faithfulness(
     started = time.perf_counter()
     chosen = list(dict.fromkeys(cam.check_method(method) for method in methods))
     if not chosen:
-        raise errors.ConfigError(f"Name at least one method; choose from {', '.join(cam.METHODS)}.")
+        raise errors.ConfigError(f"Name at least one method; choose from {', '.join(cam.method_names())}.")
     if max_images is not None and max_images < 1:
         raise errors.ConfigError(f"max_images must be at least 1; got {max_images}.")
     if steps < 1:
@@ -413,7 +413,8 @@ def random_explainers(loaded: cam.LoadedRun, methods: Sequence[str], seed: int =
     keras.utils.set_random_seed(seed)
     random_model = registry.create_model(loaded.spec.name, loaded.image_size, "none").model
     random_run = cam.LoadedRun(random_model, loaded.spec, loaded.image_size, f"{loaded.run_id}-random")
-    return {cam.check_method(method): cam.Explainer(random_run, method) for method in methods}
+    chosen = [cam.get_method(method) for method in methods]
+    return {method.name: method(random_run) for method in chosen}
 
 
 def _randomization_check(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -16,6 +18,7 @@ from tf_keras_vis.layercam import Layercam
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
+from kidney_lab import cli
 from kidney_lab import errors
 from kidney_lab import runs
 from kidney_lab.data import classes
@@ -26,7 +29,7 @@ from tests.explain.conftest import lesion_phantom, non_square
 from tests.helpers import encode
 
 
-@pytest.mark.parametrize("method", cam.METHODS)
+@pytest.mark.parametrize("method", cam.method_names())
 @pytest.mark.parametrize("model", registry.MODEL_NAMES)
 def test_every_model_and_method_gives_a_finite_map_of_the_scan_size(tiny_study, model, method) -> None:
     explainer = cam.load_explainer(tiny_study.runs[model], method)
@@ -76,7 +79,7 @@ def single_layer_reference(visualizer, target: int, pixels: np.ndarray, layer: s
 @pytest.mark.parametrize("model", ["mobilenetv2", "vit"])
 def test_gradient_maps_equal_tf_keras_vis(model, method) -> None:
     built, reference_model = random_twins(model)
-    explainer = cam.Explainer(cam.LoadedRun(built.model, built.spec, 64, "random"), method)
+    explainer = cam.build_explainer(cam.LoadedRun(built.model, built.spec, 64, "random"), method)
     visualizer = REFERENCES[method](reference_model, model_modifier=ReplaceToLinear(), clone=True)
     pixels = pipeline.prepare_scan(lesion_phantom("Stone") / 255.0, 64)
     compared = 0
@@ -143,8 +146,8 @@ def test_layercam_of_a_model_without_its_finer_layers_says_so(tiny_study) -> Non
     model = registry.load_model(tiny_study.runs["mobilenetv2"] / runs.MODEL_FILE)
     loaded = cam.LoadedRun(model, changed, 80, "odd")
     with pytest.raises(registry.ModelLoadError, match="lacks the layers LayerCAM reads.*no_such_layer"):
-        cam.Explainer(loaded, "layercam")
-    assert cam.Explainer(loaded, "gradcam").cam(pixels=pipeline.prepare_scan(lesion_phantom("Cyst") / 255.0, 80)).grid.ndim == 2
+        cam.build_explainer(loaded, "layercam")
+    assert cam.build_explainer(loaded, "gradcam").cam(pixels=pipeline.prepare_scan(lesion_phantom("Cyst") / 255.0, 80)).grid.ndim == 2
 
 
 class CountingGraph:
@@ -188,9 +191,9 @@ def test_score_cam_runs_the_model_once_plus_once_per_channel_batch(vit_run, monk
     counter = CountingGraph(explainer.loaded.graph)
     monkeypatch.setattr(explainer.loaded, "graph", counter)
     explainer.explain(lesion_phantom("Cyst"))
-    channels = min(cam.SCORECAM_CHANNELS, explainer.loaded.graph.graph.outputs[1].shape[-1])
-    assert counter.calls == 1 + -(-channels // cam.scorecam_batch(channels, explainer.image_size))
-    assert cam.scorecam_batch(32, 224) == 16 and cam.scorecam_batch(32, 299) == 8 and cam.scorecam_batch(32, 80) == 32
+    channels = min(cam.ScoreCam.CHANNELS, explainer.loaded.graph.graph.outputs[1].shape[-1])
+    assert counter.calls == 1 + -(-channels // cam.ScoreCam.batch_size(channels, explainer.image_size))
+    assert cam.ScoreCam.batch_size(32, 224) == 16 and cam.ScoreCam.batch_size(32, 299) == 8 and cam.ScoreCam.batch_size(32, 80) == 32
 
 
 def test_the_cache_reuses_explainers_and_models(run_copy, monkeypatch) -> None:
@@ -233,6 +236,96 @@ def test_a_target_can_be_chosen(vit_run) -> None:
 def test_an_unknown_method_is_refused_with_the_choices(vit_run) -> None:
     with pytest.raises(errors.ConfigError, match="gradcam, gradcam\\+\\+, scorecam, layercam"):
         cam.load_explainer(vit_run, "saliency")
+
+
+# A sixth method, added by one class ------------------------------------------------------------
+
+
+class MeanActivation(cam.Explainer):
+    """The CAM layer's channels averaged: no gradients, and the same map whatever the class."""
+
+    name = "meanactivation"
+    display_name = "Mean activation"
+    help = "the CAM layer's channels averaged, whatever the class; one forward pass, no gradients."
+    needs_gradients = False
+    explains_a_class = False
+
+    def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor | None) -> tf.Tensor:
+        channels = activations.shape[-1]
+        return tf.fill([channels], 1.0 / channels)
+
+
+@pytest.fixture
+def sixth_method():
+    """MeanActivation, registered for one test and forgotten after it."""
+    cam.register_method(MeanActivation)
+    try:
+        yield MeanActivation
+    finally:
+        cam.unregister_method(MeanActivation.name)
+    assert MeanActivation.name not in cam.method_names()
+
+
+def test_a_sixth_method_is_one_class_and_the_cli_offers_it(sixth_method, vit_run, tmp_path, capsys) -> None:
+    assert cam.method_names()[-1] == "meanactivation" and cam.get_method("Mean-Activation") is sixth_method
+    image = tmp_path / "scan.png"
+    image.write_bytes(encode(lesion_phantom("Stone")))
+    parser = cli.build_parser()
+    assert parser.parse_args(["explain", str(image), "--runs", str(vit_run), "--method", "meanactivation"]).method == "meanactivation"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["explain", "--help"])
+    assert "layercam, meanactivation" in " ".join(capsys.readouterr().out.split())
+
+    report = tmp_path / "report.json"
+    status = cli.main(["explain", str(image), "--runs", str(vit_run), "--method", "MeanActivation",
+                       "--out", str(tmp_path / "out"), "--json", str(report)])
+    printed = capsys.readouterr().out
+    assert status == 0
+    result = json.loads(report.read_text())
+    assert result["method"] == "meanactivation" and not result["errors"]
+    assert Path(result["results"][0]["overlay"]).is_file() and "Mean activation for" in printed
+
+    # Its map is the mean of the CAM layer's channels, and the same for every class.
+    explainer = cam.load_explainer(vit_run, "meanactivation")
+    pixels = pipeline.prepare_scan(lesion_phantom("Stone") / 255.0, explainer.image_size)
+    _, activations = explainer.loaded.graph(tf.constant(pixels, tf.float32))
+    expected = np.maximum(np.asarray(activations[0], np.float32).mean(axis=-1), 0.0)
+    np.testing.assert_allclose(explainer.cam(pixels, 0).grid, expected, rtol=1e-5, atol=1e-6)
+    assert explainer.cam(pixels, 0).grid.tobytes() == explainer.cam(pixels, 3).grid.tobytes()
+
+
+def test_a_sixth_method_is_offered_on_the_compare_page(sixth_method, vit_run, tmp_path, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    workspace = tmp_path / "workspace"
+    shutil.copytree(vit_run, workspace / vit_run.name)
+    monkeypatch.setenv("KIDNEY_LAB_WORKSPACE", str(workspace))
+    monkeypatch.delenv("KIDNEY_LAB_DATA", raising=False)
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "streamlit_app.py"), default_timeout=180).run()
+    app.switch_page("pages/compare.py").run()
+    assert not app.exception, [element.value for element in app.exception]
+    selector = app.segmented_control(key="compare-method")
+    assert selector.options[-1] == "Mean activation"
+    assert f"Mean activation: {sixth_method.help}" in selector.help
+    assert not app.selectbox(key="compare-target").disabled
+
+    selector.set_value("meanactivation").run()
+    app.file_uploader[0].set_value(("stone.png", encode(lesion_phantom("Stone")), "image/png")).run()
+    assert not app.exception, [element.value for element in app.exception]
+    assert app.selectbox(key="compare-target").disabled, "a map that is the same for every class has no class to choose"
+    assert [caption.value for caption in app.caption if " · " in str(caption.value) and "%" in str(caption.value)]
+    assert not app.error
+    assert (vit_run.name, "meanactivation") in cam.cached_explainers(), "the page explained with the new method"
+
+
+def test_a_method_needs_a_class_of_its_own_name(sixth_method) -> None:
+    with pytest.raises(ValueError, match="registered already"):
+        cam.register_method(sixth_method)
+    odd = type("Odd", (cam.GradCam,), {"name": "Odd-CAM"})
+    with pytest.raises(ValueError, match="lower case.*'oddcam'"):
+        cam.register_method(odd)
+    with pytest.raises(ValueError, match="subclass of cam.Explainer"):
+        cam.register_method(dict)
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (48, 64), (64, 48), (37, 100), (100, 37), (301, 17), (16, 999)])
