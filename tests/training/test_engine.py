@@ -23,6 +23,7 @@ from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.models import registry
 from kidney_lab.training import callbacks as training_callbacks
+from kidney_lab.training import config
 from kidney_lab.training import engine
 from kidney_lab.training import jobs
 
@@ -31,13 +32,13 @@ MODEL, SIZE = "vit", 32
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-def tiny_config(data: Path, workspace: Path, **overrides) -> engine.TrainConfig:
+def tiny_config(data: Path, workspace: Path, **overrides) -> config.TrainConfig:
     settings = dict(
         data=data, models=(MODEL,), epochs=2, image_size=SIZE, weights="none",
         batch_size=8, workspace=workspace, patience=5,
     )
     settings.update(overrides)
-    return engine.TrainConfig(**settings)
+    return config.TrainConfig(**settings)
 
 
 def cli(*arguments: str, workspace: Path, **popen) -> subprocess.Popen:
