@@ -85,7 +85,7 @@ def form_values(registry) -> dict[str, Any]:
         if option.kind == "models":
             values[name] = st.multiselect(
                 option.label, list(registry.MODEL_NAMES), default=list(registry.MODEL_NAMES),
-                format_func=lambda model: registry.get_spec(model).display_name, help=option.help,
+                format_func=lambda model: registry.get_spec(model).display_name,
             )
     inline = [(name, option) for name, option in page if option.kind not in ("models", "off-flag")]
     for start in range(0, len(inline), 3):

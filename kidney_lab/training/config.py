@@ -318,7 +318,7 @@ def options(settings_class: type) -> list[tuple[str, Option]]:
     For :class:`DemoSettings`: its own options and the ``TrainConfig`` options with ``demo=True``.
     """
     shared = {}
-    if settings_class is not TrainConfig:
+    if issubclass(settings_class, DemoSettings):
         shared = {name: option for name, option in options(TrainConfig) if option.demo}
     found = []
     for field in dataclasses.fields(settings_class):
@@ -328,9 +328,9 @@ def options(settings_class: type) -> list[tuple[str, Option]]:
     return found
 
 
-def page_options() -> list[tuple[str, Option]]:
-    """The ``TrainConfig`` options the Train page draws (those with a label), in field order."""
-    return [(name, option) for name, option in options(TrainConfig) if option.label is not None]
+def page_options(settings_class: type = TrainConfig) -> list[tuple[str, Option]]:
+    """The options the Train page draws (those with a label), in field order."""
+    return [(name, option) for name, option in options(settings_class) if option.label is not None]
 
 
 def default(settings_class: type, name: str) -> Any:
@@ -359,7 +359,7 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None
     Every flag's argparse default is None, meaning "not given": :func:`from_arguments` then leaves
     the dataclass default, the one the help shows.
     """
-    demo = settings_class is not TrainConfig
+    demo = issubclass(settings_class, DemoSettings)
     for name, option in options(settings_class):
         settings: dict[str, Any] = {
             "dest": name, "default": None,
