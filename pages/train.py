@@ -74,7 +74,7 @@ def training_form(base: Path, folder: Path) -> None:
 
 
 def form_values(registry) -> dict[str, Any]:
-    """Draw a widget per page option: models first, numbers and choices three to a row, switches last.
+    """Draw a widget per page option: models first, numbers and choices three to a row, checkboxes last.
 
     Returns:
         Field name -> the value chosen (None for an image size left empty: each model's own).

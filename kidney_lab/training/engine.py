@@ -1,5 +1,10 @@
 """The training engine: ``train(config)`` trains one or more registry models on one split.
 
+Its settings are a :class:`kidney_lab.training.config.TrainConfig` (declared there with the flags
+of ``python -m kidney_lab train``). One model's run goes through named steps: choose the devices,
+build the datasets and the model, record the setup, plan the phases, run each phase, record how
+training went, evaluate.
+
 One call is one study: every model is trained on the same stored split and its runs share a
 study id. For each model the engine
 
