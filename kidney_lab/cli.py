@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from kidney_lab import __version__
 from kidney_lab.errors import KidneyLabError
 from kidney_lab.fileio import atomic_write_json
+from kidney_lab.training import config
 
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
@@ -100,28 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(handler=_run_fetch)
 
     train = commands.add_parser("train", help="train models on one split and evaluate them on its test images")
-    train.add_argument("--data", required=True, type=Path, help="dataset folder (Kaggle layout, or a folder above it)")
-    train.add_argument("--models", default="all", help="all (default), or comma-separated registry names; list them with the models command")
-    train.add_argument("--epochs", type=_positive_int, default=10, help="maximum epochs per model (10)")
-    train.add_argument("--img-size", type=_positive_int, default=None,
-                       help="input side in pixels (default: each model's own, 299 for InceptionV3, 224 otherwise)")
-    train.add_argument("--split", choices=("random", "grouped"), default="grouped",
-                       help="grouped keeps near-duplicate clusters on one side (default); random is image-level")
-    train.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto",
-                       help="auto: ImageNet when it can be downloaded, else random (default); imagenet: fail without; none: random")
-    train.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch and device (32)")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (0.001)")
-    train.add_argument("--lr-schedule", choices=("plateau", "cosine"), default="plateau",
-                       help="plateau: halve when validation loss stalls (default); cosine: decay smoothly to 1/20")
-    train.add_argument("--seed", type=int, default=0, help="random seed of split, initialisation and augmentation (0)")
-    train.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience in epochs (5)")
-    train.add_argument("--no-augmentation", action="store_true", help="train without random flips, rotations, zoom, brightness and contrast")
-    train.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
-                       help="float16 compute; auto: on only with a GPU")
-    train.add_argument("--xla", choices=("auto", "on", "off"), default="auto", help="XLA compilation; auto: on only with a GPU")
-    train.add_argument("--strategy", choices=("auto", "one", "mirrored", "multiworker"), default="auto",
-                       help="auto: all GPUs when there are several; multiworker reads TF_CONFIG")
-    train.add_argument("--study-id", default=None, help=argparse.SUPPRESS)
+    config.add_arguments(train, config.TrainConfig)
     _add_workspace(train)
     _add_json(train)
     train.set_defaults(handler=_run_train)
@@ -192,15 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_run_models)
 
     demo = commands.add_parser(
-        "demo", help="build the demo study: phantoms in the workspace and all five models trained on them"
+        "demo", help="build the demo study: phantoms in the workspace and every registry model trained on them"
     )
-    demo.add_argument("--per-class", type=_positive_int, default=None, help="phantoms per class (400)")
-    demo.add_argument("--size", type=_positive_int, default=None, help="phantom and model input side in pixels (96)")
-    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs of every model (default: each model's recipe in kidney_lab/demo.py)")
-    demo.add_argument("--models", default="all", help="all (default), or comma-separated registry names")
-    demo.add_argument("--seed", type=int, default=None, help="random seed (0)")
-    demo.add_argument("--one-process", action="store_true",
-                      help="train the models one after the other in this process (default: two processes at once)")
+    config.add_arguments(demo, config.DemoSettings)
     demo.add_argument("--study-id", default=None, help=argparse.SUPPRESS)
     # The second process of a demo, started by the first, which holds the training lock.
     demo.add_argument("--inside-demo", action="store_true", help=argparse.SUPPRESS)
@@ -276,30 +250,10 @@ def _start_tensorflow_quietly() -> None:
 
 def _run_train(arguments: argparse.Namespace) -> dict[str, Any]:
     _start_tensorflow_quietly()
-    from kidney_lab.models.registry import parse_model_names
-    from kidney_lab.training.engine import TrainConfig, train
+    from kidney_lab.training.engine import train
 
-    switch = {"auto": None, "on": True, "off": False}
-    config = TrainConfig(
-        data=arguments.data,
-        models=tuple(parse_model_names(arguments.models)),
-        epochs=arguments.epochs,
-        image_size=arguments.img_size,
-        split=arguments.split,
-        weights=arguments.weights,
-        batch_size=arguments.batch_size,
-        learning_rate=arguments.lr,
-        lr_schedule=arguments.lr_schedule,
-        augmentation=not arguments.no_augmentation,
-        seed=arguments.seed,
-        patience=arguments.patience,
-        mixed_precision=switch[arguments.mixed_precision],
-        xla=switch[arguments.xla],
-        strategy=arguments.strategy,
-        workspace=arguments.workspace,
-        study_id=arguments.study_id,
-    )
-    result = train(config, listener=_TrainingProgress())
+    settings = config.from_arguments(config.TrainConfig, arguments, workspace=arguments.workspace)
+    result = train(settings, listener=_TrainingProgress())
     print(_format_study(result))
     if not result.ok:
         arguments.exit_status = EXIT_FAILURE
@@ -500,10 +454,11 @@ def _run_models(arguments: argparse.Namespace) -> dict[str, Any]:
     _start_tensorflow_quietly()
     from kidney_lab.models.registry import REGISTRY, describe
 
-    print(f"{'name':<15} {'model':<19} {'size':>4} {'min':>4}  {'Grad-CAM layer':<18} preprocessing")
+    print(f"{'name':<15} {'model':<19} {'size':>4} {'min':>4}  {'Grad-CAM layer':<18} {'demo recipe':<26} preprocessing")
     for spec in REGISTRY.values():
+        recipe = f"{spec.demo_epochs} epochs, lr {spec.demo_learning_rate:g}, lane {spec.demo_lane}"
         print(f"{spec.name:<15} {spec.display_name:<19} {spec.default_size:>4} {spec.min_size:>4}  "
-              f"{spec.cam_layer:<18} {spec.preprocessing}")
+              f"{spec.cam_layer:<18} {recipe:<26} {spec.preprocessing}")
     return {"models": [describe(spec) for spec in REGISTRY.values()]}
 
 
@@ -520,22 +475,16 @@ def _run_demo(arguments: argparse.Namespace) -> dict[str, Any]:
 
     _start_tensorflow_quietly()
 
-    from kidney_lab.demo import DemoSettings, run_demo, summary
-    from kidney_lab.models.registry import parse_model_names
+    from kidney_lab.demo import lanes, run_demo, summary
 
-    chosen = {
-        "per_class": arguments.per_class, "image_size": arguments.size,
-        "epochs": arguments.epochs, "seed": arguments.seed,
-    }
     inside = arguments.inside_demo
-    settings = dataclasses.replace(
-        DemoSettings(models=tuple(parse_model_names(arguments.models)),
-                     parallel=not (arguments.one_process or inside)),
-        **{key: value for key, value in chosen.items() if value is not None},
-    )
+    settings = config.from_arguments(config.DemoSettings, arguments)
+    if inside:
+        settings = dataclasses.replace(settings, parallel=False)
     started = time.perf_counter()
     if not inside:
-        how = "two processes at once" if settings.parallel else "one after the other"
+        processes = len(lanes(settings.models)) if settings.parallel else 1
+        how = f"{processes} processes at once" if processes > 1 else "one after the other"
         print(f"Demo: {4 * settings.per_class} phantoms ({settings.image_size} px, {settings.field_of_view} view), "
               f"{len(settings.models)} models trained from scratch on this machine, {how}.", file=sys.stderr)
     result = run_demo(settings, arguments.workspace, listener=_TrainingProgress(), study_id=arguments.study_id,

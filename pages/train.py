@@ -1,7 +1,9 @@
 """Train: start a training job in the background, follow it per model, cancel it.
 
-The form's choices become the arguments of ``python -m kidney_lab train``, started by
-kidney_lab.training.jobs in its own process; the page never trains anything itself. Progress
+The form draws the options of ``python -m kidney_lab train`` that have a page label in
+kidney_lab.training.config (the table that also makes the command's parser); its choices become
+that command's arguments, started by kidney_lab.training.jobs in its own process: the page never
+trains anything itself. Progress
 comes from each run's ``status.json`` and ``history.csv``, redrawn by a fragment every few
 seconds, so leaving the page, closing the browser or restarting the app shows the same jobs.
 """
@@ -9,24 +11,14 @@ seconds, so leaving the page, closing the browser or restarting the app shows th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
 from kidney_lab import runs
+from kidney_lab.training import config
 from kidney_lab.training import jobs
 from pages import common
-
-DEFAULT_IMAGE_SIZE = 224
-WEIGHT_NOTES = {
-    "auto": "auto: ImageNet weights when they can be downloaded, else random (run.json records which)",
-    "imagenet": "imagenet: ImageNet weights, or fail without them",
-    "none": "none: random initialisation",
-}
-SPLIT_NOTES = {
-    "grouped": "grouped: near-duplicate clusters never straddle train and test",
-    "random": "random: image by image, as in the original study (leaks near-duplicates)",
-}
-
 
 def main() -> None:
     """Draw the Train page."""
@@ -55,49 +47,74 @@ def main() -> None:
 
 
 def training_form(base: Path, folder: Path) -> None:
-    """The form; on submit, its values are checked and a job is started."""
+    """The form, one widget per option of the Train page (kidney_lab.training.config); on submit,
+    its values are checked and a job is started with the matching command line."""
     from kidney_lab.models import registry
 
     st.caption(f"Dataset `{folder}`; change it on the Dataset page.")
     with st.form("train"):
-        models = st.multiselect(
-            "Models", list(registry.MODEL_NAMES), default=list(registry.MODEL_NAMES),
-            format_func=lambda name: registry.get_spec(name).display_name,
-        )
-        first, second, third = st.columns(3)
-        epochs = first.number_input("Epochs (at most)", min_value=1, max_value=1000, value=10, step=1,
-                                    help="Early stopping ends a model sooner when validation loss stops falling.")
-        size = second.number_input("Image size (pixels)", min_value=1, max_value=2048,
-                                   value=DEFAULT_IMAGE_SIZE, step=16, help=size_help(registry))
-        batch = third.number_input("Batch size", min_value=1, max_value=1024, value=32, step=1)
-        first, second, third = st.columns(3)
-        rate = first.number_input("Learning rate", min_value=1e-6, max_value=1.0, value=1e-3,
-                                  step=1e-4, format="%.6f", help="Adam's learning rate (of the head, with ImageNet weights).")
-        split = second.radio("Split", list(SPLIT_NOTES), format_func=lambda key: SPLIT_NOTES[key])
-        weights = third.radio("Weights", list(registry.WEIGHTS_CHOICES), format_func=lambda key: WEIGHT_NOTES[key])
-        augmentation = st.checkbox("Augmentation: random flips, rotations, zoom, brightness and contrast", value=True)
+        values = form_values(registry)
         submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return
-    problems = check_choices(registry, models, int(size), weights)
+    models = list(values["models"])
+    problems = check_choices(registry, models, values["image_size"], values["weights"])
     if problems:
         st.error("Training was not started:\n" + "\n".join(f"- {problem}" for problem in problems))
         return
     from kidney_lab.data import discover
 
     discover.find_root(folder)
-    arguments = [
-        "--data", str(folder), "--models", ",".join(models), "--epochs", str(int(epochs)),
-        "--img-size", str(int(size)), "--split", split, "--weights", weights,
-        "--batch-size", str(int(batch)), "--lr", repr(float(rate)),
-    ]
-    if not augmentation:
-        arguments.append("--no-augmentation")
+    arguments = config.to_arguments(config.TrainConfig, {**values, "data": folder})
     job = jobs.start_job(arguments, base, details={
-        "models": list(models),
+        "models": models,
         "display_names": {name: registry.get_spec(name).display_name for name in models},
     })
     st.success(f"Started job `{job.job_id}`: {len(models)} model(s) on {folder.name}. Its progress is below.")
+
+
+def form_values(registry) -> dict[str, Any]:
+    """Draw a widget per page option: models first, numbers and choices three to a row, checkboxes last.
+
+    Returns:
+        Field name -> the value chosen (None for an image size left empty: each model's own).
+    """
+    page = config.page_options()
+    values: dict[str, Any] = {}
+    for name, option in page:
+        if option.kind == "models":
+            values[name] = st.multiselect(
+                option.label, list(registry.MODEL_NAMES), default=list(registry.MODEL_NAMES),
+                format_func=lambda model: registry.get_spec(model).display_name,
+            )
+    inline = [(name, option) for name, option in page if option.kind not in ("models", "off-flag")]
+    for start in range(0, len(inline), 3):
+        for column, (name, option) in zip(st.columns(3), inline[start:start + 3]):
+            values[name] = _widget(column, option, config.default(config.TrainConfig, name), registry)
+    for name, option in page:
+        if option.kind == "off-flag":
+            values[name] = st.checkbox(option.label, value=config.default(config.TrainConfig, name))
+    return values
+
+
+def _widget(column, option: config.Option, default: Any, registry) -> Any:
+    """The number input or radio of one option, in ``column``."""
+    if option.choices is not None:
+        notes = option.choices
+        return column.radio(option.label, list(notes), index=list(notes).index(default),
+                            format_func=lambda choice: f"{choice}: {notes[choice]}", help=option.help)
+    whole = option.kind in ("int", "size")
+    number = int if whole else float
+    help_text = option.help + (f" (empty: {option.default_note})" if default is None and option.default_note else "")
+    if option.kind == "size":
+        help_text += ". " + size_help(registry)
+    return column.number_input(
+        option.label,
+        min_value=None if option.minimum is None else number(option.minimum),
+        max_value=None if option.maximum is None else number(option.maximum),
+        value=default, step=number(option.step or 1), format=option.number_format,
+        placeholder=option.default_note, help=help_text,
+    )
 
 
 def size_help(registry) -> str:
@@ -112,8 +129,10 @@ def size_help(registry) -> str:
     return " ".join(lines)
 
 
-def check_choices(registry, models: list[str], size: int, weights: str) -> list[str]:
-    """What is wrong with the form's choices, one message each (none: they can be trained)."""
+def check_choices(registry, models: list[str], size: int | None, weights: str) -> list[str]:
+    """What is wrong with the form's choices, one message each (none: they can be trained).
+
+    A ``size`` of None gives each model its own, which it always accepts."""
     from kidney_lab.errors import ConfigError
 
     problems = []
@@ -122,7 +141,8 @@ def check_choices(registry, models: list[str], size: int, weights: str) -> list[
     for name in models:
         spec = registry.get_spec(name)
         try:
-            spec.check_size(size)
+            if size is not None:
+                spec.check_size(int(size))
         except ConfigError as error:
             problems.append(str(error))
         if weights == "imagenet" and not spec.imagenet_weights:

@@ -111,12 +111,12 @@ def tiny_study(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     The models are barely trained: use it for files, shapes, pages and error paths, never
     to assert that a model is accurate.
     """
-    from kidney_lab.training import engine
+    from kidney_lab.training import config, engine
 
     with _made_once(tmp_path_factory, "tiny-study") as (workspace, made):
         if made is None:
             result = engine.train(
-                engine.TrainConfig(
+                config.TrainConfig(
                     data=phantom_root, epochs=1, image_size=TinyStudy.IMAGE_SIZE, weights="none",
                     batch_size=16, workspace=workspace, augmentation=False, patience=1,
                 )

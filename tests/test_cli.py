@@ -158,9 +158,9 @@ def test_unexpected_errors_are_one_line(monkeypatch, capsys, tmp_path):
 
 
 def test_demo_trains_its_two_lanes_in_two_processes_into_one_study(tmp_path, capsys):
-    from kidney_lab.demo import LANES
+    from kidney_lab.demo import lanes
 
-    first, second = LANES[0][-1], LANES[1][0]  # EfficientNetB0 here, MobileNetV2 in the second process.
+    first, second = lanes()[0][-1], lanes()[1][0]  # EfficientNetB0 here, MobileNetV2 in the second process.
     code, out, err = run(["demo", "--workspace", str(tmp_path), "--per-class", "10", "--size", "32",
                           "--epochs", "1", "--models", f"{first},{second}", "--json", str(tmp_path / "demo.json")],
                          capsys)

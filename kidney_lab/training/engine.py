@@ -1,5 +1,10 @@
 """The training engine: ``train(config)`` trains one or more registry models on one split.
 
+Its settings are a :class:`kidney_lab.training.config.TrainConfig` (declared there with the flags
+of ``python -m kidney_lab train``). One model's run goes through named steps: choose the devices,
+build the datasets and the model, record the setup, plan the phases, run each phase, record how
+training went, evaluate.
+
 One call is one study: every model is trained on the same stored split and its runs share a
 study id. For each model the engine
 
@@ -56,13 +61,9 @@ from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import evaluate as evaluate_module
 from kidney_lab.models import registry
 from kidney_lab.training import callbacks as training_callbacks
+from kidney_lab.training import config as config_module
 from kidney_lab.training import distribute
 from kidney_lab.training import jobs
-
-SPLIT_CHOICES = split_module.STRATEGIES
-# "plateau" halves the learning rate when validation loss stalls; "cosine" decays it smoothly
-# to a twentieth over each training phase, which settles short runs from scratch.
-LR_SCHEDULES = ("plateau", "cosine")
 
 # Fine-tuning after the head phase uses the learning rate times this factor.
 FINE_TUNE_FACTOR = 0.1
@@ -72,106 +73,6 @@ Listener = Callable[[str, dict[str, Any]], None]
 # Several models trained in one process trace their own functions; TensorFlow's retracing
 # warning about that is noise on the command line.
 tf.get_logger().setLevel("ERROR")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """What to train and how.
-
-    Attributes:
-        data: the dataset folder (Kaggle layout, or any folder above it).
-        models: registry names, trained one after the other on the same split.
-        epochs: maximum epochs per model (early stopping may end sooner).
-        image_size: input side in pixels for every model; None gives each model its default.
-        split: ``"grouped"`` (near-duplicate clusters never straddle subsets) or ``"random"``.
-        weights: ``"auto"``, ``"imagenet"`` or ``"none"`` (see :func:`registry.create_model`).
-        batch_size: images per batch on each replica.
-        learning_rate: Adam's learning rate (of the head phase, with pretrained weights).
-        lr_schedule: ``"plateau"`` or ``"cosine"`` (see :data:`LR_SCHEDULES`).
-        augmentation: random flips, rotations, zoom, brightness and contrast while training.
-        seed: seeds Python, NumPy and TensorFlow, the split and the augmentation.
-        val_fraction, test_fraction: shares of the images for validation and test.
-        patience: epochs without a lower validation loss before early stopping.
-        head_epochs: with pretrained weights, epochs of the head phase (default a third).
-        batchnorm_momentum: momentum of BatchNormalization layers (it matters only from scratch).
-        mixed_precision: float16 compute (head in float32); None turns it on only on a GPU.
-        xla: compile training steps with XLA; None turns it on only on a GPU.
-        strategy: ``auto``, ``one``, ``mirrored`` or ``multiworker`` (see
-            :mod:`kidney_lab.training.distribute`).
-        workspace: where runs go; None means :func:`workspace.default_workspace`.
-        study_id: use this study id (the job runner passes one) instead of a new one.
-        cache_images: keep decoded, resized images in memory after the first epoch.
-    """
-
-    data: Path
-    models: tuple[str, ...] = registry.MODEL_NAMES
-    epochs: int = 10
-    image_size: int | None = None
-    split: str = "grouped"
-    weights: str = "auto"
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    lr_schedule: str = "plateau"
-    augmentation: bool = True
-    seed: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    patience: int = 5
-    head_epochs: int | None = None
-    batchnorm_momentum: float = 0.9
-    mixed_precision: bool | None = None
-    xla: bool | None = None
-    strategy: str = "auto"
-    workspace: Path | None = None
-    study_id: str | None = None
-    cache_images: bool = True
-
-    def __post_init__(self) -> None:
-        names = [registry.get_spec(name).name for name in self.models]
-        if not names:
-            raise errors.ConfigError("Name at least one model to train.")
-        object.__setattr__(self, "models", tuple(dict.fromkeys(names)))
-        _check_positive_int("epochs", self.epochs)
-        _check_positive_int("batch_size", self.batch_size)
-        _check_positive_int("patience", self.patience)
-        if self.head_epochs is not None:
-            _check_positive_int("head_epochs", self.head_epochs)
-        if self.image_size is not None:
-            for name in self.models:
-                registry.get_spec(name).check_size(self.image_size)
-        if self.split not in SPLIT_CHOICES:
-            raise errors.ConfigError(
-                f"Unknown split {self.split!r}; use one of {', '.join(SPLIT_CHOICES)}."
-            )
-        if self.weights not in registry.WEIGHTS_CHOICES:
-            raise errors.ConfigError(
-                f"Unknown weights {self.weights!r}; use one of {', '.join(registry.WEIGHTS_CHOICES)}."
-            )
-        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 10):
-            raise errors.ConfigError(
-                f"The learning rate must be a number above 0 (such as 0.001); got {self.learning_rate!r}."
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise errors.ConfigError(
-                f"Unknown learning-rate schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}."
-            )
-        if not 0 < self.batchnorm_momentum < 1:
-            raise errors.ConfigError(f"batchnorm_momentum must be between 0 and 1; got {self.batchnorm_momentum}.")
-        distribute.check_strategy_name(self.strategy)
-        if self.study_id is not None and not runs.STUDY_ID_PATTERN.fullmatch(self.study_id):
-            raise errors.ConfigError(f"{self.study_id!r} is not a study id (like study-20260101-120000-ab12).")
-
-    def size_for(self, name: str) -> int:
-        """The input side used for model ``name``."""
-        return self.image_size or registry.get_spec(name).default_size
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain data (paths as strings)."""
-        values = dataclasses.asdict(self)
-        values["data"] = str(self.data)
-        values["workspace"] = None if self.workspace is None else str(self.workspace)
-        values["models"] = list(self.models)
-        return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +120,7 @@ class TrainResult:
 
 
 def train(
-    config: TrainConfig,
+    config: config_module.TrainConfig,
     listener: Listener | None = None,
     token: jobs.CancelToken | None = None,
     *,
@@ -263,7 +164,7 @@ def train(
 
 
 def _train_study(
-    config: TrainConfig, workspace: Path, listener: Listener | None, token: jobs.CancelToken | None,
+    config: config_module.TrainConfig, workspace: Path, listener: Listener | None, token: jobs.CancelToken | None,
     take_lock: bool = True,
 ) -> TrainResult:
     scan = discover.scan_dataset(config.data, cache=workspace / workspace_module.CACHE_FOLDER)
@@ -328,7 +229,7 @@ def _train_study(
 
 
 def _train_run(
-    config: TrainConfig,
+    config: config_module.TrainConfig,
     run_id: str,
     path: Path,
     data_split: split_module.Split,
@@ -363,8 +264,58 @@ def _train_run(
     return RunOutcome(run_id, name, path, runs.COMPLETED, metrics=metrics or None)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Devices:
+    """Where one run trains: the strategy, and what follows from the devices it has."""
+
+    strategy: tf.distribute.Strategy
+    on_gpu: bool
+    mixed_precision: bool
+    xla: bool
+    replicas: int
+    global_batch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Datasets:
+    """The training and validation datasets of one run, its steps per epoch and class weights."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    steps: int
+    class_weight: dict[int, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Phase:
+    """One ``model.fit`` call: epochs ``first_epoch`` (exclusive) to ``last_epoch``, at ``learning_rate``."""
+
+    name: str
+    first_epoch: int
+    last_epoch: int
+    learning_rate: float
+    backbone_trainable: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fit:
+    """Everything a training phase of one run needs."""
+
+    config: config_module.TrainConfig
+    name: str
+    path: Path
+    model: keras.Model
+    pretrained: bool
+    devices: _Devices
+    datasets: _Datasets
+    checkpoint: training_callbacks.BestCheckpoint
+    listener: Listener | None
+    token: jobs.CancelToken
+    log: "_RunLog"
+
+
 def _fit_and_evaluate(
-    config: TrainConfig,
+    config: config_module.TrainConfig,
     name: str,
     path: Path,
     data_split: split_module.Split,
@@ -372,6 +323,10 @@ def _fit_and_evaluate(
     token: jobs.CancelToken,
     log: "_RunLog",
 ) -> dict[str, Any]:
+    """Train model ``name`` into run ``path`` (resuming what a killed attempt left), then evaluate it.
+
+    Returns the test metrics; empty on a worker other than the chief, which does not evaluate.
+    """
     # Temporary files of writes that a killed attempt left unfinished (never the real files).
     for leftover in path.glob(".*.tmp*"):
         leftover.unlink(missing_ok=True)
@@ -381,13 +336,50 @@ def _fit_and_evaluate(
         return _evaluate(path, listener, None)
 
     keras.utils.set_random_seed(config.seed)
+    devices = _choose_devices(config)
+    datasets = _build_datasets(config, name, data_split, devices)
+    built = _build_model(config, name, devices)
+    if built.weights_note:
+        log.write(f"warning: {built.weights_note}")
+    _record_setup(path, config, built, devices, datasets)
+    pretrained = built.weights == registry.WEIGHTS_IMAGENET
+    fit = _Fit(
+        config, name, path, built.model, pretrained, devices, datasets,
+        training_callbacks.BestCheckpoint(path / runs.MODEL_FILE, best=_checkpoint_loss(path)),
+        listener, token, log,
+    )
+    started = time.perf_counter()
+    with _PeakMemory() as memory:
+        for index, phase in enumerate(_plan_phases(config, pretrained)):
+            _run_phase(fit, index, phase)
+    _record_training(path, time.perf_counter() - started, memory)
+    if not distribute.is_chief(config.strategy):
+        log.write("not the chief worker: the chief evaluates the model")
+        return {}
+    return _evaluate(path, listener, None)
+
+
+def _choose_devices(config: config_module.TrainConfig) -> _Devices:
+    """The distribution strategy, and mixed precision and XLA (by default on only with a GPU)."""
     strategy = distribute.make_strategy(config.strategy)
     on_gpu = bool(tf.config.list_logical_devices("GPU"))
-    mixed = on_gpu if config.mixed_precision is None else config.mixed_precision
-    xla = on_gpu if config.xla is None else config.xla
-    size = config.size_for(name)
     replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size * replicas
+    return _Devices(
+        strategy=strategy,
+        on_gpu=on_gpu,
+        mixed_precision=on_gpu if config.mixed_precision is None else config.mixed_precision,
+        xla=on_gpu if config.xla is None else config.xla,
+        replicas=replicas,
+        global_batch=config.batch_size * replicas,
+    )
+
+
+def _build_datasets(
+    config: config_module.TrainConfig, name: str, data_split: split_module.Split, devices: _Devices
+) -> _Datasets:
+    """The split's training and validation images as batched datasets at model ``name``'s size."""
+    size = config.size_for(name)
+    global_batch, replicas = devices.global_batch, devices.replicas
     train_frame, val_frame = data_split.subset("train"), data_split.subset("val")
     # With several replicas only full batches (a partial one can leave a replica empty).
     full_only = distribute.full_batches_only("training", len(train_frame), global_batch, replicas)
@@ -406,15 +398,18 @@ def _fit_and_evaluate(
         )
     )
     steps = len(train_frame) // global_batch if full_only else math.ceil(len(train_frame) / global_batch)
-    class_weight = _class_weights(train_frame)
+    return _Datasets(train_data, val_data, steps, _class_weights(train_frame))
 
+
+def _build_model(config: config_module.TrainConfig, name: str, devices: _Devices) -> registry.BuiltModel:
+    """Model ``name`` built in the strategy's scope, under the run's precision policy."""
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    keras.mixed_precision.set_global_policy("mixed_float16" if devices.mixed_precision else "float32")
     try:
-        with strategy.scope():
-            built = registry.create_model(
+        with devices.strategy.scope():
+            return registry.create_model(
                 name,
-                image_size=size,
+                image_size=config.size_for(name),
                 weights=config.weights,
                 # With pretrained weights BatchNormalization is never trained (frozen backbone,
                 # then inference mode), so the momentum only matters from scratch.
@@ -422,110 +417,128 @@ def _fit_and_evaluate(
             )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    model = built.model
-    if built.weights_note:
-        log.write(f"warning: {built.weights_note}")
-    pretrained = built.weights == registry.WEIGHTS_IMAGENET
+
+
+def _record_setup(
+    path: Path, config: config_module.TrainConfig, built: registry.BuiltModel, devices: _Devices,
+    datasets: _Datasets,
+) -> None:
+    """Write into run.json what the run trains with: weights, size of the model, devices, class weights."""
     runs.update_run_info(
         path,
         weights=built.weights,
         weights_note=built.weights_note,
-        parameters=int(model.count_params()),
-        mixed_precision=mixed,
-        xla=xla,
+        parameters=int(built.model.count_params()),
+        mixed_precision=devices.mixed_precision,
+        xla=devices.xla,
         strategy=config.strategy,
-        replicas=replicas,
-        global_batch_size=global_batch,
-        class_weights={classes.CLASS_NAMES[index]: value for index, value in class_weight.items()},
-        device="GPU" if on_gpu else "CPU",
+        replicas=devices.replicas,
+        global_batch_size=devices.global_batch,
+        class_weights={classes.CLASS_NAMES[index]: value for index, value in datasets.class_weight.items()},
+        device="GPU" if devices.on_gpu else "CPU",
     )
 
-    phases: list[tuple[str, int, int, float, bool]] = []
-    if pretrained:
-        head_epochs = min(config.epochs, config.head_epochs or max(1, config.epochs // 3))
-        phases.append(("training the head", 0, head_epochs, config.learning_rate, False))
-        if head_epochs < config.epochs:
-            phases.append(
-                ("fine-tuning", head_epochs, config.epochs, config.learning_rate * FINE_TUNE_FACTOR, True)
-            )
-    else:
-        phases.append(("training", 0, config.epochs, config.learning_rate, True))
 
-    history_path = path / runs.HISTORY_FILE
-    checkpoint = training_callbacks.BestCheckpoint(path / runs.MODEL_FILE, best=_checkpoint_loss(path))
-    started = time.perf_counter()
-    memory = _PeakMemory()
-    with memory:
-        for phase_index, (phase, first_epoch, last_epoch, learning_rate, backbone_trainable) in enumerate(phases):
-            done_marker = path / runs.BACKUP_FOLDER / f"phase-{phase_index}-done.weights.h5"
-            if done_marker.is_file():
-                model.load_weights(done_marker)
-                log.write(f"{phase}: finished before, weights restored")
-                continue
-            repaired = training_callbacks.repair_backup(path / runs.BACKUP_FOLDER / f"phase-{phase_index}")
-            if repaired:
-                log.write(f"{phase}: {repaired}")
-            if pretrained:
-                registry.set_backbone_trainable(model, backbone_trainable)
-            with strategy.scope():
-                model.compile(
-                    optimizer=keras.optimizers.Adam(
-                        _learning_rate(config.lr_schedule, learning_rate, steps * (last_epoch - first_epoch))
-                    ),
-                    loss="categorical_crossentropy",
-                    metrics=["accuracy"],
-                    jit_compile=xla,
-                )
-            reporter = training_callbacks.StatusReporter(
-                path,
-                phase=phase,
-                epochs=last_epoch,
-                steps_per_epoch=steps,
-                batch_size=global_batch,
-                base={"model": name},
-                token=token,
-                listener=None if listener is None else (lambda status: listener(path.name, status)),
-            )
-            # At the end of an epoch the checkpoint and the history row are written before the
-            # backup that counts the epoch as done: a process killed in between trains the epoch
-            # again instead of resuming after an epoch whose checkpoint or row never landed.
-            phase_callbacks = [
-                checkpoint,
-                training_callbacks.HistoryWriter(history_path, phase=lambda phase=phase: phase),
-                keras.callbacks.BackupAndRestore(
-                    str(path / runs.BACKUP_FOLDER / f"phase-{phase_index}"),
-                    double_checkpoint=True,
-                    # Kept after a cancelled fit so the same command resumes; removed on success.
-                    delete_checkpoint=False,
-                ),
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=config.patience, restore_best_weights=True
-                ),
-                reporter,
-            ]
-            if config.lr_schedule == "plateau":
-                phase_callbacks.append(
-                    keras.callbacks.ReduceLROnPlateau(
-                        monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6
-                    )
-                )
-            log.write(f"{phase}: epochs {first_epoch + 1}-{last_epoch}, learning rate {learning_rate:g}")
-            model.fit(
-                train_data,
-                validation_data=val_data,
-                epochs=last_epoch,
-                initial_epoch=first_epoch,
-                class_weight=class_weight,
-                callbacks=phase_callbacks,
-                shuffle=False,  # The dataset shuffles itself, seeded, every epoch.
-                verbose=0,
-            )
-            token.raise_if_cancelled()
-            # Atomically, so that a process killed while writing it leaves no half file behind.
-            training_callbacks.save_atomically(model, done_marker)
+def _plan_phases(config: config_module.TrainConfig, pretrained: bool) -> list[_Phase]:
+    """The phases of a run: with pretrained weights the head on a frozen backbone, then (if epochs
+    remain) the whole network at :data:`FINE_TUNE_FACTOR` times the learning rate; from random
+    initialisation one phase of end-to-end training."""
+    if not pretrained:
+        return [_Phase("training", 0, config.epochs, config.learning_rate, True)]
+    head_epochs = min(config.epochs, config.head_epochs or max(1, config.epochs // 3))
+    phases = [_Phase("training the head", 0, head_epochs, config.learning_rate, False)]
+    if head_epochs < config.epochs:
+        phases.append(
+            _Phase("fine-tuning", head_epochs, config.epochs, config.learning_rate * FINE_TUNE_FACTOR, True)
+        )
+    return phases
 
-    seconds = time.perf_counter() - started
-    history = training_callbacks.read_history(history_path)
+
+def _run_phase(fit: _Fit, index: int, phase: _Phase) -> None:
+    """Train one phase, resuming from its backup; a phase finished before only restores its weights.
+
+    Raises:
+        kidney_lab.training.jobs.Cancelled: the run was cancelled during the phase.
+    """
+    config, path, model, log = fit.config, fit.path, fit.model, fit.log
+    backup = path / runs.BACKUP_FOLDER / f"phase-{index}"
+    done_marker = path / runs.BACKUP_FOLDER / f"phase-{index}-done.weights.h5"
+    if done_marker.is_file():
+        model.load_weights(done_marker)
+        log.write(f"{phase.name}: finished before, weights restored")
+        return
+    repaired = training_callbacks.repair_backup(backup)
+    if repaired:
+        log.write(f"{phase.name}: {repaired}")
+    if fit.pretrained:
+        registry.set_backbone_trainable(model, phase.backbone_trainable)
+    steps = fit.datasets.steps
+    with fit.devices.strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(
+                _learning_rate(config.lr_schedule, phase.learning_rate, steps * (phase.last_epoch - phase.first_epoch))
+            ),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=fit.devices.xla,
+        )
+    listener = fit.listener
+    reporter = training_callbacks.StatusReporter(
+        path,
+        phase=phase.name,
+        epochs=phase.last_epoch,
+        steps_per_epoch=steps,
+        batch_size=fit.devices.global_batch,
+        base={"model": fit.name},
+        token=fit.token,
+        listener=None if listener is None else (lambda status: listener(path.name, status)),
+    )
+    # At the end of an epoch the checkpoint and the history row are written before the
+    # backup that counts the epoch as done: a process killed in between trains the epoch
+    # again instead of resuming after an epoch whose checkpoint or row never landed.
+    phase_callbacks = [
+        fit.checkpoint,
+        training_callbacks.HistoryWriter(path / runs.HISTORY_FILE, phase=lambda: phase.name),
+        keras.callbacks.BackupAndRestore(
+            str(backup),
+            double_checkpoint=True,
+            # Kept after a cancelled fit so the same command resumes; removed on success.
+            delete_checkpoint=False,
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
+        ),
+        reporter,
+    ]
+    if config.lr_schedule == "plateau":
+        phase_callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6
+            )
+        )
+    log.write(f"{phase.name}: epochs {phase.first_epoch + 1}-{phase.last_epoch}, learning rate {phase.learning_rate:g}")
+    model.fit(
+        fit.datasets.train,
+        validation_data=fit.datasets.val,
+        epochs=phase.last_epoch,
+        initial_epoch=phase.first_epoch,
+        class_weight=fit.datasets.class_weight,
+        callbacks=phase_callbacks,
+        shuffle=False,  # The dataset shuffles itself, seeded, every epoch.
+        verbose=0,
+    )
+    fit.token.raise_if_cancelled()
+    # Atomically, so that a process killed while writing it leaves no half file behind.
+    training_callbacks.save_atomically(model, done_marker)
+
+
+def _record_training(path: Path, seconds: float, memory: "_PeakMemory") -> None:
+    """Write into run.json how training went (time, epochs, the kept epoch, peak memory).
+
+    Raises:
+        kidney_lab.errors.KidneyLabError: training kept no checkpoint (no finite validation loss).
+    """
+    history = training_callbacks.read_history(path / runs.HISTORY_FILE)
     if not (path / runs.MODEL_FILE).is_file():
         raise errors.KidneyLabError(
             "Training never produced a finite validation loss, so no checkpoint was kept; "
@@ -544,10 +557,6 @@ def _fit_and_evaluate(
         **memory.summary(),
     )
     shutil.rmtree(path / runs.BACKUP_FOLDER, ignore_errors=True)
-    if not distribute.is_chief(config.strategy):
-        log.write("not the chief worker: the chief evaluates the model")
-        return {}
-    return _evaluate(path, listener, None)
 
 
 def _checkpoint_loss(path: Path) -> float:
@@ -656,13 +665,18 @@ def _check_classes(scan: discover.DatasetScan) -> None:
 
 
 def _check_split(data_split: split_module.Split) -> None:
+    """Training and validation images of every class, or a SplitError that says how to get them."""
     per_subset = data_split.counts_per_class
-    for subset in ("train", "val"):
+    remedies = {
+        "train": "use a smaller --val-fraction or --test-fraction",
+        "val": f"use a larger --val-fraction than {data_split.val_fraction:g}",
+    }
+    for subset, remedy in remedies.items():
         missing = [name for name in classes.CLASS_NAMES if per_subset.get(subset, {}).get(name, 0) == 0]
         if missing:
             raise errors.SplitError(
                 f"The {subset} split has no images of {', '.join(missing)}; the dataset is too "
-                "small for this split. Add images or use smaller --val/--test fractions."
+                f"small for this split. Add images, or {remedy} (train and data split take both)."
             )
 
 
@@ -674,7 +688,7 @@ def _class_weights(frame: pd.DataFrame) -> dict[int, float]:
     return {int(index): float(value) for index, value in zip(present, values)}
 
 
-def _command_key(config: TrainConfig, fingerprint: str, split_id: str) -> str:
+def _command_key(config: config_module.TrainConfig, fingerprint: str, split_id: str) -> str:
     """Identifies "the same command" for resuming: everything that shapes the trained models."""
     settings = config.to_dict()
     for volatile in ("workspace", "study_id", "data"):
@@ -705,7 +719,7 @@ def _find_resumable_study(
 
 
 def _run_info(
-    config: TrainConfig,
+    config: config_module.TrainConfig,
     name: str,
     run_id: str,
     study_id: str,
@@ -771,11 +785,6 @@ def _error_message(error: BaseException) -> str:
         return "out of memory; use a smaller --batch-size or --img-size"
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {text[:300]}"
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise errors.ConfigError(f"{name} must be a whole number of at least 1; got {value!r}.")
 
 
 class _RunLog:

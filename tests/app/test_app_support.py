@@ -12,6 +12,7 @@ from kidney_lab import runs
 from kidney_lab import workspace as workspace_module
 from kidney_lab.errors import ConfigError
 from kidney_lab.models.registry import MODEL_NAMES
+from kidney_lab.training import config
 from kidney_lab.training import jobs
 from tests.app.helpers import wait_for
 
@@ -52,7 +53,7 @@ def _sleeper(tmp_path: Path) -> str:
 
 def test_start_demo_job_runs_the_demo_command_once(tmp_path):
     workspace = tmp_path / "workspace"
-    settings = demo.DemoSettings(per_class=3, image_size=64, epochs=1, models=("vit", "resnet50"))
+    settings = config.DemoSettings(per_class=3, image_size=64, epochs=1, models=("vit", "resnet50"))
     job = demo.start_demo_job(workspace, settings, python=_sleeper(tmp_path))
     try:
         assert job.is_active and job.kind == "demo"
@@ -71,13 +72,13 @@ def test_start_demo_job_runs_the_demo_command_once(tmp_path):
 
 def test_demo_settings_the_command_line_cannot_express_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="background demo job"):
-        demo.start_demo_job(tmp_path, demo.DemoSettings(batch_size=4), python=_sleeper(tmp_path))
+        demo.start_demo_job(tmp_path, config.DemoSettings(batch_size=4), python=_sleeper(tmp_path))
     assert jobs.list_jobs(tmp_path) == []
 
 
 def test_demo_job_continues_an_unfinished_demo_study(tmp_path):
     workspace = tmp_path / "workspace"
-    data = demo.prepare_data(demo.DemoSettings(per_class=2, image_size=48), workspace)
+    data = demo.prepare_data(config.DemoSettings(per_class=2, image_size=48), workspace)
     study_id = runs.new_study_id()
     run_id = runs.new_run_id("vit")
     folder = runs.create_run(workspace, run_id, {"model": "vit", "study_id": study_id, "data_root": str(data)})
@@ -92,16 +93,16 @@ def test_demo_job_continues_an_unfinished_demo_study(tmp_path):
 
 def test_the_demo_gives_inceptionv3_inputs_large_enough_for_a_3x3_cam_grid(tmp_path):
     # Why 139: test_registry checks each model's min_cam_size on the architecture.
-    settings = demo.DemoSettings()
+    settings = config.DemoSettings()
     sizes = {name: demo.train_config(settings, name, tmp_path, tmp_path, runs.new_study_id()).image_size for name in MODEL_NAMES}
     assert sizes == {name: (139 if name == "inceptionv3" else 96) for name in MODEL_NAMES}
     # Larger phantoms are never shrunk for it.
-    assert demo.DemoSettings(image_size=224).input_size("inceptionv3") == 224
+    assert config.DemoSettings(image_size=224).input_size("inceptionv3") == 224
 
 
 def test_run_demo_uses_the_study_id_it_is_given(tmp_path):
     study_id = runs.new_study_id()
-    settings = demo.DemoSettings(per_class=2, image_size=48, models=())
+    settings = config.DemoSettings(per_class=2, image_size=48, models=())
     result = demo.run_demo(settings, tmp_path, study_id=study_id)
     assert result.study_id == study_id and result.runs == ()
 

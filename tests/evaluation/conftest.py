@@ -14,11 +14,11 @@ MODEL, SIZE = "vit", 32
 @pytest.fixture(scope="package")
 def tiny_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ViT trained for one epoch at 32 px on the session's phantoms (read-only: copy it to change it)."""
-    from kidney_lab.training import engine
+    from kidney_lab.training import config, engine
 
     workspace = tmp_path_factory.mktemp("evaluation-workspace")
     result = engine.train(
-        engine.TrainConfig(
+        config.TrainConfig(
             data=phantom_root, models=(MODEL,), epochs=1, image_size=SIZE, weights="none",
             batch_size=8, workspace=workspace, augmentation=False, patience=1,
         )

@@ -18,11 +18,11 @@ VIT_SIZE = 32
 @pytest.fixture(scope="session")
 def vit_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ViT run trained one epoch at 32 px on the session's phantoms (read-only: copy it)."""
-    from kidney_lab.training import engine
+    from kidney_lab.training import config, engine
 
     workspace = tmp_path_factory.mktemp("explain-vit")
     result = engine.train(
-        engine.TrainConfig(
+        config.TrainConfig(
             data=phantom_root, models=("vit",), epochs=1, image_size=VIT_SIZE, weights="none",
             batch_size=8, workspace=workspace, augmentation=False, patience=1,
         )

@@ -117,6 +117,17 @@ def test_min_cam_size_is_the_smallest_input_with_a_3x3_cam_grid(name: str) -> No
     assert sides == {spec.min_cam_size - spec.size_multiple: 2, spec.min_cam_size: 3}
 
 
+@pytest.mark.parametrize("name", registry.MODEL_NAMES)
+def test_every_model_has_a_demo_recipe_and_a_place_in_a_lane(name: str) -> None:
+    spec = registry.get_spec(name)
+    assert isinstance(spec.demo_epochs, int) and spec.demo_epochs >= 1
+    assert 0 < spec.demo_learning_rate < 1
+    # The demo trains two lanes, one process each; within a lane every model has its own turn.
+    assert spec.demo_lane in (0, 1)
+    same_lane = [other for other in registry.REGISTRY.values() if other.demo_lane == spec.demo_lane]
+    assert [other.demo_turn for other in same_lane].count(spec.demo_turn) == 1
+
+
 def test_mixed_precision_keeps_the_output_in_float32() -> None:
     previous = keras.config.dtype_policy().name
     keras.config.set_dtype_policy("mixed_float16")

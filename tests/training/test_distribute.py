@@ -199,12 +199,12 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from kidney_lab.training import engine
+from kidney_lab.training import config, engine
 
 steps = []
 settings = json.loads(sys.argv[3])
 result = engine.train(
-    engine.TrainConfig(data=Path(sys.argv[1]), workspace=Path(sys.argv[2]), strategy="mirrored", **settings),
+    config.TrainConfig(data=Path(sys.argv[1]), workspace=Path(sys.argv[2]), strategy="mirrored", **settings),
     listener=lambda run_id, status: steps.append([status.get("step"), status.get("steps")]),
 )
 print("RESULT " + json.dumps({"result": result.to_dict(), "steps": steps,

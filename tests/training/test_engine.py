@@ -23,6 +23,7 @@ from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.models import registry
 from kidney_lab.training import callbacks as training_callbacks
+from kidney_lab.training import config
 from kidney_lab.training import engine
 from kidney_lab.training import jobs
 
@@ -31,13 +32,13 @@ MODEL, SIZE = "vit", 32
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-def tiny_config(data: Path, workspace: Path, **overrides) -> engine.TrainConfig:
+def tiny_config(data: Path, workspace: Path, **overrides) -> config.TrainConfig:
     settings = dict(
         data=data, models=(MODEL,), epochs=2, image_size=SIZE, weights="none",
         batch_size=8, workspace=workspace, patience=5,
     )
     settings.update(overrides)
-    return engine.TrainConfig(**settings)
+    return config.TrainConfig(**settings)
 
 
 def cli(*arguments: str, workspace: Path, **popen) -> subprocess.Popen:
@@ -371,3 +372,22 @@ def test_mixed_precision_and_cosine_schedule(phantom_root: Path, tmp_path: Path)
     history = training_callbacks.read_history(result.runs[0].path / runs.HISTORY_FILE)
     # Loss scaling skips the first steps while it finds its scale, so the decay starts late.
     assert history[1]["learning_rate"] < history[0]["learning_rate"]
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "epochs", "head_epochs", "planned"),
+    [
+        (False, 4, None, [("training", 0, 4, 1e-3, True)]),
+        (True, 6, None, [("training the head", 0, 2, 1e-3, False), ("fine-tuning", 2, 6, 1e-4, True)]),
+        (True, 6, 4, [("training the head", 0, 4, 1e-3, False), ("fine-tuning", 4, 6, 1e-4, True)]),
+        (True, 1, None, [("training the head", 0, 1, 1e-3, False)]),
+    ],
+)
+def test_phases_are_the_head_then_fine_tuning_with_pretrained_weights(
+    tmp_path: Path, pretrained, epochs, head_epochs, planned
+) -> None:
+    settings = tiny_config(tmp_path, tmp_path, epochs=epochs, head_epochs=head_epochs, learning_rate=1e-3)
+    phases = engine._plan_phases(settings, pretrained)
+    assert [(phase.name, phase.first_epoch, phase.last_epoch, phase.backbone_trainable) for phase in phases] == [
+        (name, first, last, trainable) for name, first, last, _, trainable in planned]
+    assert [phase.learning_rate for phase in phases] == pytest.approx([rate for *_, rate, _ in planned])
