@@ -56,6 +56,12 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 # Every name ``window=`` accepts: the presets, the file's own window, and min-max.
 WINDOW_CHOICES: tuple[str, ...] = (*WINDOW_PRESETS, "file", "minmax")
+# The note of a monochrome DICOM without RescaleSlope or RescaleIntercept (and without a modality
+# LUT): its stored values were used as if they were Hounsfield units.
+NOTE_NO_RESCALE = (
+    "the file has no RescaleSlope/RescaleIntercept: stored values were taken as Hounsfield units "
+    "(slope 1, intercept 0)"
+)
 
 _PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -478,6 +484,8 @@ def _window_monochrome(
         hu = np.asarray(pydicom.pixels.apply_modality_lut(pixels, dataset), dtype=np.float64)
         notes.append("modality LUT sequence applied")
     else:
+        if slope is None or intercept is None:
+            notes.append(NOTE_NO_RESCALE)
         slope, intercept = (1.0 if slope is None else slope), (intercept or 0.0)
         hu = pixels.astype(np.float64) * slope + intercept
     _require_finite(hu, label)
