@@ -268,7 +268,7 @@ def _format_study(result) -> str:
         score = ""
         if outcome.metrics:
             score = f"test accuracy {outcome.metrics['accuracy']:.3f} on {outcome.metrics['images']} images"
-            peak = read_run(outcome.path).info.get("peak_rss_mb")
+            peak = read_run(outcome.path).info.peak_rss_mb
             if peak is not None:
                 score += f", peak memory {peak:.0f} MB while training"
         lines.append(f"  {outcome.model:<15} {outcome.status:<10} {score or outcome.error or ''}  {outcome.path}")

@@ -176,7 +176,7 @@ def run_demo(
             f"A demo lane's process ended (exit status {statuses}) before training "
             f"{', '.join(lost)}; run the demo again to train them into the same study."
         )
-    split_id = split_id or next((str(record.info.get("split_id", "")) for record in studies), "")
+    split_id = split_id or next((record.info.split_id or "" for record in studies), "")
     return engine.TrainResult(study_id=study_id, split_id=split_id, runs=tuple(outcomes))
 
 
@@ -230,7 +230,7 @@ def demo_studies(workspace: str | Path | None = None) -> dict[str, list[runs.Run
     demo_root = str((folder / workspace_module.DEMO_DATA_FOLDER).resolve())
     studies: dict[str, list[runs.RunRecord]] = {}
     for record in runs.list_runs(folder):
-        data_root = str(record.info.get("data_root", ""))
+        data_root = record.info.data_root or ""
         if record.study_id and data_root.startswith(demo_root):
             studies.setdefault(record.study_id, []).append(record)
     return studies
@@ -244,7 +244,7 @@ def summary(result: engine.TrainResult) -> dict[str, Any]:
         rows[outcome.model] = {
             "status": outcome.status,
             "test_accuracy": (outcome.metrics or {}).get("accuracy"),
-            "train_seconds": info.get("train_seconds"),
+            "train_seconds": info.train_seconds,
         }
     return rows
 

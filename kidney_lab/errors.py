@@ -28,3 +28,17 @@ class SplitError(KidneyLabError, ValueError):
 
 class ConfigError(KidneyLabError, ValueError):
     """An argument or setting is outside what it may be (a size, a count, a name)."""
+
+
+def first_line(error: BaseException, limit: int | None = None, empty: str | None = None) -> str:
+    """The first non-blank line of ``str(error)``, cut to ``limit`` characters: what a one-line
+    message shows of an exception kidney_lab did not raise itself.
+
+    When the message is empty this is ``empty``, or the exception's type name when ``empty`` is
+    None (as for ``ValueError()``).
+    """
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__ if empty is None else empty
+    line = text.splitlines()[0].rstrip()
+    return line if limit is None else line[:limit]

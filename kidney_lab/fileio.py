@@ -8,6 +8,7 @@ leaves one behind.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -68,3 +69,9 @@ def short_hash(*parts: str, length: int = 12) -> str:
     """Return the first ``length`` hex digits of the SHA-256 of ``parts`` joined by newlines."""
     digest = hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
     return digest[:length]
+
+
+def now_iso(timespec: str = "milliseconds") -> str:
+    """The current time in UTC as ISO 8601 text (``2026-11-26T10:15:12.345+00:00``), the
+    timestamp of every file kidney_lab writes; ``timespec`` as for ``datetime.isoformat``."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec=timespec)

@@ -1,22 +1,28 @@
-"""The run store: one folder per trained model under the workspace.
+"""The run store: one folder per trained model under the workspace, and the one owner of its layout.
 
-A run folder holds ``run.json`` (what was trained, how, and a status summary), ``status.json``
-(the live state written by the training process: phase, epoch, metrics so far, pid,
-heartbeat) and the artefacts training and evaluation leave there (see the constants below).
-The app and the command line read and change runs only through this module.
+A run folder holds ``run.json`` (what was trained, how, and a status summary; read and written
+only here, as the typed, versioned :class:`RunInfo`), ``status.json`` (the live state written
+by the training process: phase, epoch, metrics so far, pid, heartbeat) and the artefacts
+training and evaluation leave there. Every path inside a run is named here (the constants and
+the ``*_path`` functions below): the history, the checkpoint, the evaluation of the test split
+and those of external folders (``external/<fingerprint>/``), faithfulness scores, calibration,
+the out-of-distribution detector and cross-validation results. The app and the command line
+read and change runs only through this module.
 
 Every JSON write is atomic. :func:`read_run` never raises for a damaged folder: a folder
-without a readable ``run.json`` or ``status.json`` reads as :data:`BROKEN` with the reason, and
-a run whose process is gone while its status says running reads as :data:`STALE`, never as
-running. Process identity is a pid plus the process's start time (from ``/proc`` where there
-is one), so a pid that the system has reused for another process does not look alive.
-:attr:`RunRecord.model_problem` says, without TensorFlow, why a run's ``model.keras`` cannot
-serve it (cut short, or replaced by another architecture's file).
+without a readable ``run.json`` or ``status.json``, or whose ``run.json`` has a field of the
+wrong type, reads as :data:`BROKEN` with the reason, and a run whose process is gone while its
+status says running reads as :data:`STALE`, never as running. Process identity is a pid plus
+the process's start time (from ``/proc`` where there is one), so a pid that the system has
+reused for another process does not look alive. :attr:`RunRecord.model_problem` says, without
+TensorFlow, why a run's ``model.keras`` cannot serve it (cut short, or replaced by another
+architecture's file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import datetime
 import functools
@@ -29,11 +35,12 @@ import socket
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+import typing
+from typing import Any, Mapping
 
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.errors import ConfigError, KidneyLabError
-from kidney_lab.fileio import atomic_write_json, read_json
+from kidney_lab.fileio import atomic_write_json, now_iso, read_json
 from kidney_lab.workspace import WorkspaceError, default_workspace, inside
 
 RUN_FILE = "run.json"
@@ -44,6 +51,26 @@ PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"
 BACKUP_FOLDER = "backup"
+# Evaluations of folders other than the run's own test split: external/<fingerprint>/.
+EXTERNAL_FOLDER = "external"
+# Heat-map faithfulness scores, next to the evaluation they were measured on.
+FAITHFULNESS_FILE = "faithfulness.json"
+# Temperature scaling fitted on the run's validation predictions.
+CALIBRATION_FILE = "calibration.json"
+# The out-of-distribution detector fitted on the run's training images (plain JSON, no pickle).
+DETECTOR_FILE = "ood_detector.json"
+# The result of a cross-validation (pooled out-of-fold scores, per-fold scores).
+CV_FILE = "cv.json"
+
+# The evaluation of the run's own test split; an external folder's is named by its fingerprint.
+TEST_SOURCE = "test"
+# Dataset fingerprints are hex digests (kidney_lab.fileio.short_hash); nothing else may name a
+# folder under external/, so a source can never lead outside the run folder.
+_FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{6,64}")
+
+# The version of the run.json layout this code writes; a run.json without one is version 0,
+# which has the same fields (it was written before the number was).
+RUN_SCHEMA_VERSION = 1
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -83,6 +110,211 @@ class RunBusyError(RunError):
     """The run's process is still alive, so the run cannot be deleted."""
 
 
+class EvaluationError(RunError, ValueError):
+    """An evaluation stored in a run cannot be named, found or read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """The content of a run's ``run.json``, one typed field per key the code base writes.
+
+    Read with :meth:`from_dict`, which never raises: a missing key reads as ``None``, and a
+    value of the wrong type reads as ``None`` with a line in :attr:`problems` (then
+    :func:`read_run` reports the run as broken). :meth:`to_dict` gives what is written.
+
+    Attributes:
+        schema_version: The layout version of the file (:data:`RUN_SCHEMA_VERSION` for new
+            runs, 0 for a file written before the number was).
+        run_id, study_id, model, display_name: The run, its study and the registry name and
+            display name of its architecture.
+        spec: The registry facts of the architecture when it trained
+            (:func:`kidney_lab.models.registry.describe`).
+        image_size: Input side in pixels.
+        class_names: The output order of the classes.
+        config: The training settings (``TrainConfig.to_dict``).
+        command_key: What identifies "the same training command", for resuming.
+        workspace, data_root: The workspace and the dataset folder (paths as text).
+        dataset_fingerprint, dataset_images: The dataset's fingerprint and image count.
+        split_id, split_strategy, split_counts: The split used, its strategy and images per subset.
+        test_with_duplicate_in_train: Test images with an exact or near duplicate in training.
+        weights_requested, weights, weights_note: The weights asked for, those used, and why
+            they differ (None when they do not).
+        host, versions: The machine and the library versions it trained with.
+        created, finished: When the run was created and finished (ISO 8601, UTC).
+        status, error: The final state and error summary (:func:`mark_finished`).
+        parameters: Weights of the model (count).
+        mixed_precision, xla, strategy, replicas, global_batch_size, device: How it trained.
+        class_weights: The loss weight of each class.
+        checkpoint: Epoch, logs, size (bytes) and mtime (ns) of the saved ``model.keras``.
+        training_finished: True once training ended and the checkpoint was kept.
+        train_seconds: Wall time of training (seconds).
+        epochs_trained, best_epoch, kept_epoch: Epochs trained, the kept epoch's number and
+            its logs.
+        peak_rss_mb, rss_start_mb, peak_rss_measure: Peak and starting resident memory (MiB)
+            and how the peak was measured.
+        extra: Keys this version does not know, and known keys whose value had the wrong type,
+            as found; they are written back unchanged, so a rewrite loses nothing.
+        problems: What is wrong with the file, one line per field (empty when nothing is).
+    """
+
+    schema_version: int = RUN_SCHEMA_VERSION
+    run_id: str | None = None
+    study_id: str | None = None
+    model: str | None = None
+    display_name: str | None = None
+    spec: dict[str, Any] | None = None
+    image_size: int | None = None
+    class_names: tuple[str, ...] | None = None
+    config: dict[str, Any] | None = None
+    command_key: str | None = None
+    workspace: str | None = None
+    data_root: str | None = None
+    dataset_fingerprint: str | None = None
+    dataset_images: int | None = None
+    split_id: str | None = None
+    split_strategy: str | None = None
+    split_counts: dict[str, int] | None = None
+    test_with_duplicate_in_train: int | None = None
+    weights_requested: str | None = None
+    host: str | None = None
+    versions: dict[str, str] | None = None
+    created: str | None = None
+    status: str | None = None
+    finished: str | None = None
+    error: str | None = None
+    weights: str | None = None
+    weights_note: str | None = None
+    parameters: int | None = None
+    mixed_precision: bool | None = None
+    xla: bool | None = None
+    strategy: str | None = None
+    replicas: int | None = None
+    global_batch_size: int | None = None
+    class_weights: dict[str, float] | None = None
+    device: str | None = None
+    checkpoint: dict[str, Any] | None = None
+    training_finished: bool | None = None
+    train_seconds: float | None = None
+    epochs_trained: int | None = None
+    best_epoch: int | None = None
+    kept_epoch: dict[str, Any] | None = None
+    peak_rss_mb: float | None = None
+    rss_start_mb: float | None = None
+    peak_rss_measure: str | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunInfo:
+        """The record of a ``run.json`` object; never raises (see the class docstring)."""
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        problems: list[str] = []
+        kinds = _info_kinds()
+        for key, raw in data.items():
+            kind = kinds.get(key)
+            if kind is None:
+                extra[key] = raw
+                continue
+            value, wrong = _coerce(raw, kind)
+            if wrong is None:
+                values[key] = value
+            else:
+                extra[key] = raw
+                problems.append(f"{key} is {_shown(raw)}, not {wrong}")
+        version = values.pop("schema_version", 0)
+        if version is None:
+            version = 0
+        if version > RUN_SCHEMA_VERSION:
+            problems.append(
+                f"schema_version is {version}, newer than the {RUN_SCHEMA_VERSION} this kidney_lab "
+                "reads; update kidney_lab"
+            )
+        return cls(schema_version=version, **values, extra=extra, problems=tuple(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written to ``run.json``: every field (``None`` as null), then :attr:`extra`."""
+        written: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            if field.name in ("extra", "problems"):
+                continue
+            value = getattr(self, field.name)
+            if value is None and field.name in self.extra:
+                continue  # A value of the wrong type, kept as found.
+            written[field.name] = list(value) if isinstance(value, tuple) else value
+        for key, value in self.extra.items():
+            written.setdefault(key, value)
+        return written
+
+    def updated(self, **fields: Any) -> RunInfo:
+        """This record with ``fields`` merged in (known keys typed, unknown ones into :attr:`extra`).
+
+        Raises:
+            RunError: a known field is given a value of the wrong type; nothing is changed.
+        """
+        merged = RunInfo.from_dict({**self.to_dict(), **fields})
+        wrong = [problem for problem in merged.problems if problem.split(" ", 1)[0] in fields]
+        if wrong:
+            raise RunError(f"Cannot record in {RUN_FILE}: {'; '.join(wrong)}.")
+        return merged
+
+    def problem(self) -> str | None:
+        """What is wrong with the file, as one line naming it (``run.json: ...``), or None."""
+        return f"{RUN_FILE}: {'; '.join(self.problems)}" if self.problems else None
+
+
+# What a run.json field may hold, by the annotation's base type.
+_KIND_NAMES = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    str: "text",
+    dict: "an object",
+    tuple: "a list of text",
+}
+
+
+@functools.cache
+def _info_kinds() -> dict[str, type]:
+    """Field name -> the JSON type it holds (int, float, bool, str, dict or tuple of str)."""
+    hints = typing.get_type_hints(RunInfo)
+    kinds = {}
+    for field in dataclasses.fields(RunInfo):
+        if field.name in ("extra", "problems"):
+            continue
+        options = [option for option in typing.get_args(hints[field.name]) if option is not type(None)]
+        base = options[0] if options else hints[field.name]
+        kinds[field.name] = typing.get_origin(base) or base
+    return kinds
+
+
+def _coerce(raw: Any, kind: type) -> tuple[Any, str | None]:
+    """``raw`` as a value of ``kind``, and None; or None and what it should have been."""
+    if raw is None:
+        return None, None
+    fits = {
+        int: isinstance(raw, int) and not isinstance(raw, bool),
+        float: isinstance(raw, (int, float)) and not isinstance(raw, bool),
+        bool: isinstance(raw, bool),
+        str: isinstance(raw, str),
+        dict: isinstance(raw, dict) and all(isinstance(key, str) for key in raw),
+        tuple: isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw),
+    }[kind]
+    if not fits:
+        return None, _KIND_NAMES[kind]
+    if kind is float:
+        return float(raw), None
+    if kind is tuple:
+        return tuple(raw), None
+    return raw, None
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 @dataclasses.dataclass(frozen=True)
 class RunRecord:
     """What a run folder says about itself, read at one moment.
@@ -90,42 +322,44 @@ class RunRecord:
     Attributes:
         run_id: The folder's name.
         path: The run folder (absolute).
-        info: The content of ``run.json``; ``{}`` when it cannot be read.
+        info: The content of ``run.json``; an empty :class:`RunInfo` when it cannot be read.
         status: The content of ``status.json``; ``{}`` when it cannot be read.
         state: The effective state: the status's state, except :data:`STALE` when its process
-            is gone and :data:`BROKEN` when the folder cannot be read.
+            is gone and :data:`BROKEN` when the folder cannot be read or ``run.json`` has a
+            field of the wrong type.
         problem: Why the run is broken, stale or failed; ``None`` otherwise.
+        info_readable: False when ``run.json`` could not be read at all.
     """
 
     run_id: str
     path: Path
-    info: dict[str, Any]
+    info: RunInfo
     status: dict[str, Any]
     state: str
     problem: str | None = None
+    info_readable: bool = True
 
     @property
     def model(self) -> str | None:
         """The registry name of the model, if ``run.json`` names one."""
-        return self.info.get("model")
+        return self.info.model
 
     @property
     def study_id(self) -> str | None:
         """The study the run belongs to, if any."""
-        return self.info.get("study_id")
+        return self.info.study_id
 
     @property
     def weights_note(self) -> str | None:
         """Why the run's starting weights differ from what was asked (ImageNet weights asked
         for with ``--weights auto`` but unavailable, so it trained from random initialisation);
         None when they are what was asked."""
-        note = self.info.get("weights_note")
-        return str(note) if note else None
+        return self.info.weights_note or None
 
     @property
     def created(self) -> str | None:
         """When the run was created (ISO 8601, UTC)."""
-        return self.info.get("created")
+        return self.info.created
 
     @property
     def is_active(self) -> bool:
@@ -135,17 +369,17 @@ class RunRecord:
     @property
     def has_model(self) -> bool:
         """True when the best checkpoint (``model.keras``) exists."""
-        return (self.path / MODEL_FILE).is_file()
+        return model_path(self.path).is_file()
 
     @property
     def has_predictions(self) -> bool:
         """True when ``predictions.csv`` exists."""
-        return (self.path / PREDICTIONS_FILE).is_file()
+        return predictions_path(self.path).is_file()
 
     @functools.cached_property
     def model_problem(self) -> str | None:
         """Why ``model.keras`` cannot serve this run (see :func:`check_model_file`); None if usable."""
-        return check_model_file(self.path / MODEL_FILE, self.model, self.info.get("image_size"))
+        return check_model_file(model_path(self.path), self.model, self.info.image_size)
 
 
 def _utc_stamp(when: datetime.datetime | None) -> str:
@@ -155,10 +389,6 @@ def _utc_stamp(when: datetime.datetime | None) -> str:
     elif when.tzinfo is not None:
         when = when.astimezone(datetime.timezone.utc)
     return when.strftime("%Y%m%d-%H%M%S")
-
-
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def new_run_id(model_name: str, when: datetime.datetime | None = None) -> str:
@@ -196,6 +426,161 @@ def run_path(workspace: str | os.PathLike[str], run_id: str) -> Path:
             "(see `python -m kidney_lab train --json` or the Runs page)."
         )
     return inside(workspace, run_id)
+
+
+# Paths inside a run ---------------------------------------------------------------------------
+
+
+def model_path(run_dir: str | os.PathLike[str]) -> Path:
+    """The run's best checkpoint, ``model.keras``."""
+    return Path(run_dir) / MODEL_FILE
+
+
+def history_path(run_dir: str | os.PathLike[str]) -> Path:
+    """The run's per-epoch metrics, ``history.csv``."""
+    return Path(run_dir) / HISTORY_FILE
+
+
+def log_path(run_dir: str | os.PathLike[str]) -> Path:
+    """The training process's log, ``train.log``."""
+    return Path(run_dir) / LOG_FILE
+
+
+def calibration_path(run_dir: str | os.PathLike[str]) -> Path:
+    """The run's fitted calibration (temperature scaling), ``calibration.json``."""
+    return Path(run_dir) / CALIBRATION_FILE
+
+
+def detector_path(run_dir: str | os.PathLike[str]) -> Path:
+    """The run's out-of-distribution detector, ``ood_detector.json``."""
+    return Path(run_dir) / DETECTOR_FILE
+
+
+def cv_path(folder: str | os.PathLike[str]) -> Path:
+    """The cross-validation result ``cv.json`` in ``folder`` (the folder of that cross-validation)."""
+    return Path(folder) / CV_FILE
+
+
+def check_source(source: str) -> str:
+    """Return ``source`` if it names an evaluation: :data:`TEST_SOURCE` or a dataset fingerprint.
+
+    Raises:
+        EvaluationError: anything else (a path, an empty string, ...).
+    """
+    if source == TEST_SOURCE or (isinstance(source, str) and _FINGERPRINT_PATTERN.fullmatch(source)):
+        return source
+    raise EvaluationError(
+        f"{source!r} is not an evaluation source; use 'test' or the fingerprint of an evaluated "
+        "folder (see list_evaluations or the metrics.json of the evaluation)."
+    )
+
+
+def evaluation_folder(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> Path:
+    """The folder that holds the evaluation ``source`` of a run (it need not exist yet):
+    the run folder for the test split, ``external/<fingerprint>/`` for another folder.
+
+    Raises:
+        EvaluationError: ``source`` is neither ``"test"`` nor a fingerprint.
+    """
+    folder = Path(run_dir)
+    if check_source(source) == TEST_SOURCE:
+        return folder
+    return folder / EXTERNAL_FOLDER / source
+
+
+def predictions_path(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> Path:
+    """The ``predictions.csv`` of evaluation ``source``."""
+    return evaluation_folder(run_dir, source) / PREDICTIONS_FILE
+
+
+def metrics_path(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> Path:
+    """The ``metrics.json`` of evaluation ``source``."""
+    return evaluation_folder(run_dir, source) / METRICS_FILE
+
+
+def faithfulness_path(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> Path:
+    """The ``faithfulness.json`` measured on the images of evaluation ``source``."""
+    return evaluation_folder(run_dir, source) / FAITHFULNESS_FILE
+
+
+def external_sources(run_dir: str | os.PathLike[str]) -> list[str]:
+    """The fingerprints of the folders under ``external/`` (sorted), evaluated or not."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(Path(run_dir) / EXTERNAL_FOLDER) if entry.is_dir())
+    except OSError:
+        return []
+    return [name for name in names if _FINGERPRINT_PATTERN.fullmatch(name)]
+
+
+def evaluation_sources(run_dir: str | os.PathLike[str]) -> list[str]:
+    """The sources with a stored ``predictions.csv``: the test split first, then external folders."""
+    sources = [TEST_SOURCE] + external_sources(run_dir)
+    return [source for source in sources if predictions_path(run_dir, source).is_file()]
+
+
+def read_faithfulness(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> dict[str, Any] | None:
+    """The heat-map faithfulness scores measured on one evaluation's images, if measured.
+
+    ``python -m kidney_lab explain-eval`` writes them next to the evaluation they belong to
+    (:func:`faithfulness_path`; see :mod:`kidney_lab.explain.faithfulness`).
+
+    Returns:
+        The stored object (``methods`` by explanation method, ``baselines``, ``images``,
+        ``fingerprint``, ...), or ``None`` when faithfulness was never measured there.
+
+    Raises:
+        EvaluationError: an invalid source, or a file that is not a JSON object with ``methods``.
+    """
+    path = faithfulness_path(run_dir, source)
+    try:
+        payload = read_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"{path} cannot be read ({error}); measure it again with explain-eval.") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("methods"), dict):
+        raise EvaluationError(f"{path} holds no faithfulness scores by method; measure it again with explain-eval.")
+    return payload
+
+
+def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a ``history.csv`` (see :func:`history_path`) as dicts with numbers parsed
+    (``epoch`` as a whole number, the rest as floats where they parse); [] when there is none."""
+    file = Path(path)
+    if not file.is_file():
+        return []
+    rows = []
+    with file.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, Any] = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = int(value) if key == "epoch" else float(value)
+                except (TypeError, ValueError):
+                    parsed[key] = value
+            rows.append(parsed)
+    return rows
+
+
+def checkpoint_record(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The epoch and logs of the run's ``model.keras`` as training recorded them after saving it
+    (:attr:`RunInfo.checkpoint`, see ``kidney_lab.training.callbacks.BestCheckpoint``).
+
+    Returns:
+        ``{"epoch", "val_loss", ...}``, or None when the file is missing or ``run.json`` holds no
+        record of this very file (a process killed between saving and recording it).
+    """
+    folder = Path(run_dir)
+    try:
+        record = read_info(folder).checkpoint
+        saved = model_path(folder).stat()
+    except (OSError, RunError):
+        return None
+    if not isinstance(record, dict) or (record.get("bytes"), record.get("mtime_ns")) != (
+        saved.st_size, saved.st_mtime_ns
+    ):
+        return None
+    return {key: value for key, value in record.items() if key not in ("bytes", "mtime_ns")}
 
 
 def check_model_file(
@@ -331,26 +716,26 @@ def _process_stamp(status: dict[str, Any]) -> dict[str, Any]:
 def create_run(workspace: str | os.PathLike[str], run_id: str, info: dict[str, Any]) -> Path:
     """Create the folder of a new run with ``run.json`` and a queued ``status.json``.
 
-    ``run.json`` is ``info`` plus ``run_id``, ``created`` (ISO 8601, UTC) and ``status``. The
-    folder is assembled under a hidden name and renamed into place, so it never appears under
-    its id without both files.
+    ``run.json`` is ``info`` (the keys of :class:`RunInfo`, and any others) plus
+    ``schema_version``, ``run_id``, ``created`` (ISO 8601, UTC) and ``status``. The folder is
+    assembled under a hidden name and renamed into place, so it never appears under its id
+    without both files.
 
     Returns:
         The new run folder.
 
     Raises:
         InvalidRunIdError: ``run_id`` is not a run id.
-        RunError: A run with this id already exists.
+        RunError: A run with this id already exists, or a field of ``info`` has the wrong type.
     """
     destination = run_path(workspace, run_id)
     if destination.exists():
         raise RunError(f"A run named {run_id} already exists in {destination.parent}; make a new id.")
+    record = RunInfo().updated(**{**info, "run_id": run_id, "created": now_iso(), "status": QUEUED})
     staging = inside(workspace, f".creating-{run_id}-{secrets.token_hex(4)}")
     staging.mkdir(parents=True)
     try:
-        atomic_write_json(
-            staging / RUN_FILE, {**info, "run_id": run_id, "created": _now_iso(), "status": QUEUED}
-        )
+        atomic_write_json(staging / RUN_FILE, record.to_dict())
         atomic_write_json(staging / STATUS_FILE, _process_stamp({"state": QUEUED}))
         if destination.exists():
             raise RunError(f"A run named {run_id} already exists in {destination.parent}; make a new id.")
@@ -361,22 +746,43 @@ def create_run(workspace: str | os.PathLike[str], run_id: str, info: dict[str, A
     return destination
 
 
-def update_run_info(run_dir: str | os.PathLike[str], **fields: Any) -> dict[str, Any]:
+def read_info(run_dir: str | os.PathLike[str]) -> RunInfo:
+    """The typed ``run.json`` of a run (its :attr:`RunInfo.problems` say what is damaged).
+
+    Raises:
+        RunNotFoundError: The folder has no readable ``run.json`` (missing, not JSON, not an object).
+    """
+    path = Path(run_dir) / RUN_FILE
+    payload, problem = _read_object(path)
+    if payload is None:
+        raise RunNotFoundError(f"No readable run at {path.parent}: {problem}.")
+    return RunInfo.from_dict(payload)
+
+
+def update_run_info(run_dir: str | os.PathLike[str], **fields: Any) -> RunInfo:
     """Merge ``fields`` into the run's ``run.json`` (atomically) and return the result.
+
+    Keys :class:`RunInfo` does not know are kept as given; the file is stamped with
+    :data:`RUN_SCHEMA_VERSION` (a version-0 file has the same fields).
 
     Raises:
         RunNotFoundError: The folder has no readable ``run.json``.
+        RunError: A field has the wrong type, or the file was written by a newer kidney_lab;
+            nothing is written.
     """
     path = Path(run_dir) / RUN_FILE
     try:
-        info = read_json(path)
-    except (OSError, ValueError) as error:
-        raise RunNotFoundError(f"Cannot update {path}: {error}.") from None
-    if not isinstance(info, dict):
-        raise RunNotFoundError(f"Cannot update {path}: it does not hold a JSON object.")
-    info.update(fields)
-    atomic_write_json(path, info)
-    return info
+        info = read_info(run_dir)
+    except RunNotFoundError as error:
+        raise RunNotFoundError(f"Cannot update {path}: {error}") from None
+    if info.schema_version > RUN_SCHEMA_VERSION:
+        raise RunError(
+            f"Cannot update {path}: it was written by a newer kidney_lab (schema_version "
+            f"{info.schema_version}); update kidney_lab."
+        )
+    merged = info.updated(**fields, schema_version=RUN_SCHEMA_VERSION)
+    atomic_write_json(path, merged.to_dict())
+    return merged
 
 
 def write_status(run_dir: str | os.PathLike[str], status: dict[str, Any]) -> dict[str, Any]:
@@ -438,13 +844,16 @@ def read_run(run_dir: str | os.PathLike[str], stale_after: float | None = None) 
     """
     path = Path(run_dir).absolute()
     limit = STALE_AFTER_SECONDS if stale_after is None else stale_after
-    info, info_problem = _read_object(path / RUN_FILE)
-    if info is None:
+    payload, info_problem = _read_object(path / RUN_FILE)
+    if payload is None:
         problem = f"{info_problem}; the folder is damaged or half-deleted"
-        return RunRecord(path.name, path, {}, {}, BROKEN, problem)
+        return RunRecord(path.name, path, RunInfo(), {}, BROKEN, problem, info_readable=False)
+    info = RunInfo.from_dict(payload)
     status, status_problem = _read_object(path / STATUS_FILE)
     if status is None:
         return RunRecord(path.name, path, info, {}, BROKEN, status_problem)
+    if info.problems:
+        return RunRecord(path.name, path, info, status, BROKEN, info.problem())
     state = status.get("state")
     if state in ACTIVE_STATES:
         reason = _stale_reason(status, limit)
@@ -609,7 +1018,7 @@ def mark_finished(
     if state not in FINISHED_STATES:
         raise ConfigError(f"A run can only finish as one of {', '.join(FINISHED_STATES)}, not {state!r}.")
     folder = Path(run_dir)
-    finished = _now_iso()
+    finished = now_iso()
     previous, _ = _read_object(folder / STATUS_FILE)
     status = dict(previous or {})
     status.update(state=state, finished=finished)
@@ -618,7 +1027,7 @@ def mark_finished(
     if error is not None:
         status["error"] = error
     if state == FAILED:
-        status["log_tail"] = read_log_tail(folder / LOG_FILE, log_tail_lines)
+        status["log_tail"] = read_log_tail(log_path(folder), log_tail_lines)
     summary: dict[str, Any] = {"status": state, "finished": finished, "error": error}
     update_run_info(folder, **summary)
     return write_status(folder, status)

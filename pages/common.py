@@ -341,9 +341,7 @@ def thumbnails(paths: list[str]) -> list[bytes]:
 @st.cache_data(max_entries=64, show_spinner=False)
 def history_rows(path: str, mtime_ns: int) -> list[dict[str, Any]]:
     """The rows of a run's ``history.csv``; ``mtime_ns`` is part of the cache key only."""
-    from kidney_lab.training.callbacks import read_history
-
-    return read_history(path)
+    return runs_module.read_history(path)
 
 
 def evaluation_signature(base: Path) -> tuple[tuple[str, int], ...]:
@@ -353,14 +351,12 @@ def evaluation_signature(base: Path) -> tuple[tuple[str, int], ...]:
     trained, evaluated, re-evaluated on another folder or deleted changes it, so nothing shown
     is older than the files. Reading it costs a few ``stat`` calls per run.
     """
-    from kidney_lab.evaluation import store
-
-    names = (runs_module.RUN_FILE, runs_module.PREDICTIONS_FILE, runs_module.METRICS_FILE, store.FAITHFULNESS_FILE)
+    names = (runs_module.RUN_FILE, runs_module.PREDICTIONS_FILE, runs_module.METRICS_FILE, runs_module.FAITHFULNESS_FILE)
     stamps: list[tuple[str, int]] = []
     for record_folder in sorted(_run_folders(base)):
         folders = [record_folder]
         with contextlib.suppress(OSError):
-            external = Path(record_folder) / store.EXTERNAL_FOLDER
+            external = Path(record_folder) / runs_module.EXTERNAL_FOLDER
             folders += sorted(entry.path for entry in os.scandir(external) if entry.is_dir())
         for folder in folders:
             for name in names:
@@ -405,7 +401,7 @@ def run_fraction(record: runs_module.RunRecord) -> float:
     if record.state == runs_module.COMPLETED or str(status.get("phase", "")).startswith("evaluating"):
         return 1.0
     epoch, step, steps = status.get("epoch"), status.get("step") or 0, status.get("steps") or 0
-    total = (record.info.get("config") or {}).get("epochs") or status.get("epochs")
+    total = (record.info.config or {}).get("epochs") or status.get("epochs")
     if not (isinstance(epoch, int) and isinstance(total, int) and total > 0 and steps):
         return 0.0
     return min(1.0, max(0.0, ((epoch - 1) * steps + step) / (total * steps)))
@@ -443,7 +439,7 @@ def run_line(record: runs_module.RunRecord) -> str:
         return phase if phase != runs_module.QUEUED else "queued: waiting to start"
     parts = [str(phase)]
     if isinstance(status.get("epoch"), int) and status.get("epochs"):
-        total = (record.info.get("config") or {}).get("epochs") or status["epochs"]
+        total = (record.info.config or {}).get("epochs") or status["epochs"]
         parts.append(f"epoch {status['epoch']} of {total}")
         if status.get("steps"):
             parts.append(f"step {status.get('step') or 0} of {status['steps']}")
@@ -551,7 +547,7 @@ def draw_run(
     run with a later job that resumed its study; such a run is shown as continued there.
     ``key`` makes the run's charts unique on the page (one run may show under two jobs).
     """
-    name = (record.info.get("display_name") if record is not None else None) or model
+    name = (record.info.display_name if record is not None else None) or model
     if record is None:
         reason = "waiting for its turn" if job_active else "the job ended before its turn"
         st.progress(0.0, text=f"**{name}**: not started ({reason})")
@@ -568,7 +564,7 @@ def draw_run(
     history = record.path / runs_module.HISTORY_FILE
     if curves and history.is_file() and record.state in (runs_module.RUNNING, runs_module.COMPLETED):
         with st.expander(f"Training curves of {name}", expanded=record.state == runs_module.RUNNING):
-            kept = record.info.get("best_epoch") if record.state == runs_module.COMPLETED else None
+            kept = record.info.best_epoch if record.state == runs_module.COMPLETED else None
             draw_curves(history_rows(str(history), history.stat().st_mtime_ns), key=key or record.run_id,
                         kept_epoch=kept if isinstance(kept, int) else None)
 
@@ -647,7 +643,7 @@ def _sidebar_jobs(base: Path) -> None:
         if not current:
             st.caption(f"{label} `{job.job_id[-6:]}`: {job_state(job, entries)}")
         for record in current:
-            name = record.info.get("display_name") or record.model
+            name = record.info.display_name or record.model
             st.progress(run_fraction(record), text=f"{label} `{job.job_id[-6:]}`: {name}, {record.state}")
     studies = {job.study_id for job in active}
     outside = [record for record in runs_module.list_runs(base)

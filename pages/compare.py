@@ -38,7 +38,6 @@ from kidney_lab import runs
 from kidney_lab.data import scan as scan_module
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.errors import KidneyLabError
-from kidney_lab.evaluation import store
 from pages import common
 
 if TYPE_CHECKING:
@@ -248,7 +247,7 @@ def trained_on_phantoms(record: runs.RunRecord) -> bool:
     """True when the run's dataset is a phantom dataset made by kidney_lab (such as the demo's)."""
     from kidney_lab.data import phantom
 
-    root = record.info.get("data_root")
+    root = record.info.data_root
     if not isinstance(root, str) or not root:
         return False
     folder = Path(root)
@@ -481,7 +480,7 @@ def trust_caption(record: runs.RunRecord, method: str) -> str | None:
     """How often this run's maps of ``method`` hit the lesion on its test split's phantoms, from
     its stored ``faithfulness.json`` (None when that was not measured)."""
     try:
-        payload = store.load_faithfulness(record.path)
+        payload = runs.read_faithfulness(record.path)
     except KidneyLabError:
         return None
     scores = ((payload or {}).get("methods") or {}).get(method)

@@ -155,15 +155,15 @@ def apply_link(base: Path, catalogue: dict[str, dict[str, Any]]) -> None:
 def run_label(catalogue: dict[str, dict[str, Any]], run_id: str) -> str:
     """How a run looks in a picker: model, when it started (the start of its id) and its split."""
     record = catalogue[run_id]["record"]
-    name = record.info.get("display_name") or record.model or "?"
-    split = record.info.get("split_strategy") or "?"
+    name = record.info.display_name or record.model or "?"
+    split = record.info.split_strategy or "?"
     return f"{name} · {run_id[:15]} ({split} split)"
 
 
 def source_label(evaluation: dict[str, Any]) -> str:
     """How an evaluation looks in a picker: test split or folder, with its image count."""
     images = f"{evaluation['images']:,} images" if isinstance(evaluation.get("images"), int) else "images unknown"
-    if evaluation["source"] == store.TEST_SOURCE:
+    if evaluation["source"] == runs.TEST_SOURCE:
         return f"Test split ({evaluation.get('kind') or '?'}, {images})"
     folder = Path(str(evaluation.get("data") or evaluation["source"])).name
     return f"Folder {folder} ({evaluation['source']}, {images})"
@@ -192,7 +192,7 @@ def write_link(run_id: str, source: str, other: str | None = None) -> None:
 def stamp(path: Path, source: str) -> int:
     """The modification time of an evaluation's predictions.csv (-1 when it is missing)."""
     try:
-        return store.predictions_path(path, source).stat().st_mtime_ns
+        return runs.predictions_path(path, source).stat().st_mtime_ns
     except OSError:
         return -1
 
@@ -322,7 +322,7 @@ def draw_summary(evaluation: dict[str, Any], scores: dict[str, Any], stored: dic
                     help="One-vs-rest, averaged over the classes where it is defined.")
     cells[5].metric("ECE", f"{scores['ece']:.3f}", help="Expected calibration error (10 bins); 0 is perfectly calibrated.")
     duplicates = stored.get("test_with_duplicate_in_train")
-    if evaluation["source"] == store.TEST_SOURCE:
+    if evaluation["source"] == runs.TEST_SOURCE:
         what = (f"the test split of a **{evaluation.get('kind') or 'unknown'}** split"
                 + (f" (`{stored['split_id']}`)" if stored.get("split_id") else "")
                 + (f" of dataset `{stored['fingerprint']}`" if stored.get("fingerprint") else ""))
@@ -555,7 +555,7 @@ def draw_image(column: Any, row: dict[str, Any], true_label: str, predicted_labe
 def draw_faithfulness(path: Path, source: str) -> None:
     """The heat-map faithfulness scores measured on this evaluation's images, if measured."""
     st.subheader("Heat-map faithfulness")
-    payload = store.load_faithfulness(path, source)
+    payload = runs.read_faithfulness(path, source)
     if payload is None:
         st.caption("Not measured for this evaluation. `python -m kidney_lab explain-eval RUN_DIR` measures how well "
                    "each explanation method points at the lesion (on phantoms) and how the prediction falls when "
@@ -622,15 +622,15 @@ def two_runs(catalogue: dict[str, dict[str, Any]]) -> None:
                       format_func=lambda value: source_label(evaluations_a[value]))
     write_link(run_a, source, run_b)
     record_a, record_b = catalogue[run_a]["record"], catalogue[run_b]["record"]
-    name_a = f"A ({record_a.info.get('display_name') or record_a.model})"
-    name_b = f"B ({record_b.info.get('display_name') or record_b.model})"
+    name_a = f"A ({record_a.info.display_name or record_a.model})"
+    name_b = f"B ({record_b.info.display_name or record_b.model})"
     try:
         result = paired(str(record_a.path), str(record_b.path), source,
                         (stamp(record_a.path, source), stamp(record_b.path, source)))
     except metrics.PredictionsError as error:
         st.error(f"{name_a} and {name_b} cannot be compared: {error}", icon=":material/block:")
         return
-    place = "the test split" if source == store.TEST_SOURCE else f"the folder `{evaluations_a[source].get('data')}`"
+    place = "the test split" if source == runs.TEST_SOURCE else f"the folder `{evaluations_a[source].get('data')}`"
     st.caption(f"Paired image by image: both runs' predictions of the same {result['images']:,} images of {place}.")
     scores_a = scores_of(str(record_a.path), source, stamp(record_a.path, source))
     scores_b = scores_of(str(record_b.path), source, stamp(record_b.path, source))

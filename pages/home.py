@@ -87,11 +87,11 @@ def run_table(records: list[runs.RunRecord]) -> list[dict[str, object]]:
     for record in records:
         metrics = common.read_metrics(record.path) if record.state == runs.COMPLETED else None
         rows.append({
-            "model": record.info.get("display_name") or record.model or "?",
+            "model": record.info.display_name or record.model or "?",
             "state": record.state,
             "test accuracy": (metrics or {}).get("accuracy"),
             "test images": (metrics or {}).get("images"),
-            "split": record.info.get("split_strategy") or "?",
+            "split": record.info.split_strategy or "?",
             "note": run_note(record),
             "study": record.study_id or "",
             "run": record.run_id,

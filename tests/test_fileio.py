@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
 
+from kidney_lab import fileio
 from kidney_lab.fileio import atomic_path, atomic_write_json, read_json
 from kidney_lab.workspace import WorkspaceError, default_workspace, inside, prepare_workspace
 
@@ -49,3 +51,12 @@ def test_names_cannot_leave_the_workspace(tmp_path, name):
 
 def test_names_inside_are_allowed(tmp_path):
     assert inside(tmp_path, "runs", "abc") == (tmp_path / "runs" / "abc").resolve()
+
+
+def test_now_iso_is_utc_at_the_asked_precision():
+    before = datetime.datetime.now(datetime.timezone.utc)
+    stamp = datetime.datetime.fromisoformat(fileio.now_iso())
+    assert stamp.utcoffset() == datetime.timedelta(0) and abs((stamp - before).total_seconds()) < 5
+    assert len(fileio.now_iso().split("T")[1].split("+")[0]) == len("10:15:12.345")
+    assert len(fileio.now_iso("seconds").split("T")[1].split("+")[0]) == len("10:15:12")
+

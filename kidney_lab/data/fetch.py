@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+from kidney_lab import errors
 from kidney_lab.data.discover import find_root
 from kidney_lab.errors import DatasetError, FetchError
 
@@ -41,8 +42,7 @@ def fetch_dataset(out: str | os.PathLike[str]) -> Path:
     try:
         downloaded = Path(kagglehub.dataset_download(KAGGLE_HANDLE))
     except Exception as error:  # kagglehub raises many kinds (HTTP, auth, OS); all mean the same here.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FetchError(f"Could not download {KAGGLE_HANDLE} ({reason[:200]}); {manual}.") from None
+        raise FetchError(f"Could not download {KAGGLE_HANDLE} ({errors.first_line(error, 200)}); {manual}.") from None
     try:
         root, _ = find_root(downloaded)
     except DatasetError as error:

@@ -134,7 +134,7 @@ def read_scan(
     except errors.ScanReadError:
         raise
     except Exception as error:  # Any decoder failure is a property of the file.
-        raise errors.ScanReadError(f"could not read {label}: {_reason(error)}") from error
+        raise errors.ScanReadError(f"could not read {label}: {errors.first_line(error, 200)}") from error
 
 
 def _parse_window(window: str | tuple[float, float] | None) -> Window | None:
@@ -204,7 +204,7 @@ def _decode(
                 return _read_pil(image, label, requested, frame, max_pixels)
         except Image.DecompressionBombError as error:
             raise errors.ScanReadError(
-                f"{label} is too large: {_reason(error)} The limit here is {max_pixels:,} "
+                f"{label} is too large: {errors.first_line(error, 200)} The limit here is {max_pixels:,} "
                 "pixels (decompression bomb protection); downscale it or export one slice"
             ) from None
         except Image.UnidentifiedImageError:
@@ -372,7 +372,7 @@ def _read_dicom(
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=forced)
     except Exception as error:
-        message = not_dicom if forced else f"{label} is a damaged DICOM file ({_reason(error)})"
+        message = not_dicom if forced else f"{label} is a damaged DICOM file ({errors.first_line(error, 200)})"
         raise errors.ScanReadError(message) from error
     has_pixels = any(key in dataset for key in ("PixelData", "FloatPixelData",
                                                  "DoubleFloatPixelData"))
@@ -397,7 +397,7 @@ def _read_dicom(
         pixels = pydicom.pixels.pixel_array(dataset, index=index)
     except Exception as error:
         raise errors.ScanReadError(
-            f"could not decode the pixel data of {label} ({syntax}): {_reason(error)}; "
+            f"could not decode the pixel data of {label} ({syntax}): {errors.first_line(error, 200)}; "
             "the file may be truncated or corrupt"
         ) from error
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -539,11 +539,5 @@ def _scan(values: np.ndarray, metadata: dict[str, Any], notes: list[str]) -> Sca
 def _truncated(label: str, error: BaseException) -> errors.ScanReadError:
     """Return the error for image data that ends early or does not decode."""
     return errors.ScanReadError(
-        f"{label} is truncated or corrupt ({_reason(error)}); export or upload it again"
+        f"{label} is truncated or corrupt ({errors.first_line(error, 200)}); export or upload it again"
     )
-
-
-def _reason(error: BaseException) -> str:
-    """Return the first line of an exception's message (or its type), at most 200 chars."""
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]

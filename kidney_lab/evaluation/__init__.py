@@ -33,7 +33,6 @@ _EXPORTS = {
     "load_predictions": "store",
     "load_metrics": "store",
     "list_evaluations": "store",
-    "load_faithfulness": "store",
     "EvaluationError": "store",
     "mcnemar": "stats",
     "compare_runs": "stats",

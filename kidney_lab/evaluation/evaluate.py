@@ -4,7 +4,7 @@
 ``predictions.csv`` (one row per image) and ``metrics.json`` (everything derived from it, plus
 facts about the model and its training). The run's own test split goes to the run folder; an
 external folder goes to ``<run>/external/<fingerprint>/`` (see
-:mod:`kidney_lab.evaluation.store`), so the run's test results are never overwritten.
+:func:`kidney_lab.runs.evaluation_folder`), so the run's test results are never overwritten.
 
 Images are predicted in a fixed order and every prediction is stored next to its own path and
 true label, so the metrics cannot be computed from predictions and labels that do not belong
@@ -14,7 +14,6 @@ stored files as they were.
 
 from __future__ import annotations
 
-import datetime
 import math
 import os
 import statistics
@@ -39,7 +38,6 @@ from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import store
 from kidney_lab.models import registry
-from kidney_lab.training import callbacks as training_callbacks
 
 EVALUATION_BATCH_SIZE = 32
 # Inference time is the median of this many warm calls, at each of these batch sizes.
@@ -130,44 +128,45 @@ def evaluate(
         )
     info = record.info
     _check_run_info(info, ("model", "image_size") if data is not None else _TEST_SPLIT_FIELDS)
-    model_file = folder / runs.MODEL_FILE
+    model_file = runs.model_path(folder)
     if not model_file.is_file():
         raise registry.ModelLoadError(
             f"Run {record.run_id} has no {runs.MODEL_FILE} (its training did not keep a "
             "checkpoint); train it again before evaluating."
         )
-    image_size = int(info["image_size"])
+    image_size = int(info.image_size)
     if data is None:
         frame, context = _test_split(info)
     else:
         frame, context = _external_folder(folder, info, data)
     if model is None:
-        model = registry.load_model(model_file, model_name=info["model"], image_size=image_size)
+        model = registry.load_model(model_file, model_name=info.model, image_size=image_size)
     started = time.perf_counter()
     table = predict_frame(model, frame, image_size)
     seconds = time.perf_counter() - started
 
     result = metrics_module.compute_metrics(table)
-    spec = registry.get_spec(info["model"])
+    spec = registry.get_spec(info.model)
     result.update(
         {
             "run_id": record.run_id,
             "model": spec.name,
             "display_name": spec.display_name,
-            "study_id": info.get("study_id"),
+            "study_id": info.study_id,
             **context,
-            "evaluated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "evaluated": fileio.now_iso("seconds"),
             "prediction_seconds": round(seconds, 3),
             **_model_facts(model, model_file, image_size),
             **_training_facts(folder, info),
         }
     )
-    destination = store.evaluation_folder(folder, context["evaluated_on"])
-    result["predictions"] = str((destination / runs.PREDICTIONS_FILE).absolute())
-    result["metrics"] = str((destination / runs.METRICS_FILE).absolute())
-    with fileio.atomic_path(destination / runs.PREDICTIONS_FILE) as temporary:
+    predictions_file = runs.predictions_path(folder, context["evaluated_on"])
+    metrics_file = runs.metrics_path(folder, context["evaluated_on"])
+    result["predictions"] = str(predictions_file.absolute())
+    result["metrics"] = str(metrics_file.absolute())
+    with fileio.atomic_path(predictions_file) as temporary:
         table.to_csv(temporary, index=False)
-    fileio.atomic_write_json(destination / runs.METRICS_FILE, result)
+    fileio.atomic_write_json(metrics_file, result)
     return result
 
 
@@ -176,29 +175,29 @@ def evaluate_run(run_dir: str | os.PathLike[str], model: keras.Model | None = No
     return evaluate(run_dir, model=model)
 
 
-def _check_run_info(info: dict[str, Any], fields: tuple[str, ...]) -> None:
+def _check_run_info(info: runs.RunInfo, fields: tuple[str, ...]) -> None:
     """Refuse a run.json without the fields evaluation needs, or with other classes."""
-    missing = [field for field in fields if info.get(field) is None]
+    missing = [field for field in fields if getattr(info, field) is None]
     if missing:
         raise store.EvaluationError(
-            f"The run.json of run {info.get('run_id')} lacks {', '.join(missing)}; it was not "
+            f"The run.json of run {info.run_id} lacks {', '.join(missing)}; it was not "
             "written by kidney_lab's training, so the run cannot be evaluated."
         )
-    stored = info.get("class_names")
+    stored = info.class_names
     if stored is not None and list(stored) != list(classes.CLASS_NAMES):
         raise store.EvaluationError(
-            f"Run {info.get('run_id')} predicts the classes {', '.join(map(str, stored))}, but "
+            f"Run {info.run_id} predicts the classes {', '.join(map(str, stored))}, but "
             f"kidney_lab evaluates {', '.join(classes.CLASS_NAMES)} in that order; its "
             "predictions cannot be scored against these labels."
         )
 
 
-def _test_split(info: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _test_split(info: runs.RunInfo) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The run's test rows and what the metrics say about them."""
-    data_split = split_module.load_split(info["workspace"], info["split_id"], root=info["data_root"])
+    data_split = split_module.load_split(info.workspace, info.split_id, root=info.data_root)
     test = data_split.subset("test")
     if test.empty:
-        raise errors.SplitError(f"Split {info['split_id']} has no test images.")
+        raise errors.SplitError(f"Split {info.split_id} has no test images.")
     missing = [path for path in test["path"] if not os.path.isfile(path)]
     if missing:
         raise errors.DatasetError(
@@ -207,7 +206,7 @@ def _test_split(info: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
         )
     leakage = data_split.leakage("test")
     return test, {
-        "evaluated_on": store.TEST_SOURCE,
+        "evaluated_on": runs.TEST_SOURCE,
         "split_kind": data_split.strategy,
         "split_id": data_split.split_id,
         "split_strategy": data_split.strategy,
@@ -223,7 +222,7 @@ def _test_split(info: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def _external_folder(
-    folder: Path, info: dict[str, Any], data: str | os.PathLike[str]
+    folder: Path, info: runs.RunInfo, data: str | os.PathLike[str]
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Every usable image of an external dataset folder and what the metrics say about it."""
     cache = _scan_cache(folder)
@@ -240,10 +239,10 @@ def _external_folder(
     return frame, {
         "evaluated_on": scan.fingerprint,
         "split_kind": store.EXTERNAL_KIND,
-        "split_id": info.get("split_id"),
+        "split_id": info.split_id,
         "data": str(scan.root),
         "fingerprint": scan.fingerprint,
-        "same_dataset_as_training": scan.fingerprint == info.get("dataset_fingerprint"),
+        "same_dataset_as_training": scan.fingerprint == info.dataset_fingerprint,
         "skipped_images": scan.skipped[["path", "reason"]].to_dict(orient="records"),
         "test_with_duplicate_in_train": overlap,
         "duplicate_check": reason,
@@ -273,7 +272,7 @@ def _unknown_class_folders(scan: discover.DatasetScan) -> list[str]:
 
 
 def _training_overlap(
-    scan: discover.DatasetScan, info: dict[str, Any], cache: Path | None
+    scan: discover.DatasetScan, info: runs.RunInfo, cache: Path | None
 ) -> tuple[int | None, str]:
     """How many images of ``scan`` duplicate a training image of the run, and how that was found.
 
@@ -282,9 +281,11 @@ def _training_overlap(
     linkage over the training and the external images together), which is how a split counts
     its test images with a duplicate in train.
     """
+    if info.workspace is None or info.split_id is None:
+        return None, "not counted: the run's split cannot be read (run.json lacks workspace or split_id)"
     try:
-        data_split = split_module.load_split(info["workspace"], info["split_id"], root=info["data_root"])
-    except (errors.SplitError, KeyError) as error:
+        data_split = split_module.load_split(info.workspace, info.split_id, root=info.data_root)
+    except errors.SplitError as error:
         return None, f"not counted: the run's split cannot be read ({error})"
     train = data_split.subset("train")
     exact = scan.table["md5"].isin(set(train["md5"])).to_numpy()
@@ -336,21 +337,21 @@ def _inference_seconds(model: keras.Model, image_size: int, batch: int) -> float
     return statistics.median(times)
 
 
-def _training_facts(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+def _training_facts(folder: Path, info: runs.RunInfo) -> dict[str, Any]:
     """Training time, epochs and the kept epoch (lowest validation loss) from the run's files."""
-    history = training_callbacks.read_history(folder / runs.HISTORY_FILE)
+    history = runs.read_history(runs.history_path(folder))
     # The checkpoint's own record names the epoch model.keras holds; history.csv can disagree
     # after a kill between saving the checkpoint and writing the history row.
-    kept = training_callbacks.checkpoint_record(folder)
+    kept = runs.checkpoint_record(folder)
     rule = "the epoch BestCheckpoint recorded for this model.keras (lowest validation loss)"
     if kept is None:
         scored = [row for row in history if _finite(row.get("val_loss"))]
         kept = min(scored, key=lambda row: row["val_loss"]) if scored else None
         rule = "the epoch with the lowest validation loss in history.csv (its checkpoint is model.keras)"
     return {
-        "train_seconds": info.get("train_seconds"),
-        "epochs": info.get("epochs_trained", len(history) or None),
-        "weights": info.get("weights"),
+        "train_seconds": info.train_seconds,
+        "epochs": info.epochs_trained if info.epochs_trained is not None else (len(history) or None),
+        "weights": info.weights,
         "kept_epoch": None if kept is None else {
             "epoch": kept.get("epoch"),
             "phase": kept.get("phase"),

@@ -33,7 +33,6 @@ from kidney_lab.evaluation import store
 from kidney_lab.models import registry
 
 SPLIT_KINDS = ("random", "grouped", store.EXTERNAL_KIND)
-FAITHFULNESS_FILE = store.FAITHFULNESS_FILE
 # The explanation method whose faithfulness scores the leaderboard shows.
 FAITHFULNESS_METHOD = "gradcam"
 
@@ -101,7 +100,7 @@ def leaderboard(
             continue
         evaluations = [
             item for item in store.list_evaluations(record.path)
-            if include_external or item["source"] == store.TEST_SOURCE
+            if include_external or item["source"] == runs.TEST_SOURCE
         ]
         if not evaluations and include_unevaluated:
             rows.append(_run_columns(record))
@@ -159,14 +158,14 @@ def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict
     except store.EvaluationError:
         stored = {}
     info = record.info
-    external = source != store.TEST_SOURCE
+    external = source != runs.TEST_SOURCE
     row = _run_columns(record)
     row.update(
         {
             "comparable_group": fileio.short_hash(*sorted(predictions["path"].astype(str)), length=8),
             "evaluated_on": source,
-            "split": store.EXTERNAL_KIND if external else (stored.get("split_kind") or info.get("split_strategy")),
-            "dataset_fingerprint": source if external else (stored.get("fingerprint") or info.get("dataset_fingerprint")),
+            "split": store.EXTERNAL_KIND if external else (stored.get("split_kind") or info.split_strategy),
+            "dataset_fingerprint": source if external else (stored.get("fingerprint") or info.dataset_fingerprint),
             "images": scores["images"],
             "accuracy": scores["accuracy"],
             "accuracy_ci_low": scores["intervals"]["accuracy"][0],
@@ -179,7 +178,7 @@ def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict
             "ece": scores["ece"],
             "loss": scores["loss"],
             "test_with_duplicate_in_train": stored.get(
-                "test_with_duplicate_in_train", None if external else info.get("test_with_duplicate_in_train")
+                "test_with_duplicate_in_train", None if external else info.test_with_duplicate_in_train
             ),
             "model_bytes": stored.get("model_bytes"),
             "ms_per_image_batch_1": stored.get("ms_per_image_batch_1"),
@@ -187,7 +186,7 @@ def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict
         }
     )
     # explain-eval stores the scores of an external folder next to that evaluation.
-    row.update(_faithfulness(store.evaluation_folder(record.path, source), row["dataset_fingerprint"], external))
+    row.update(_faithfulness(record.path, source, row["dataset_fingerprint"]))
     return row
 
 
@@ -197,32 +196,34 @@ def _run_columns(record: runs.RunRecord) -> dict[str, Any]:
     try:
         display_name = registry.get_spec(record.model or "").display_name
     except errors.ConfigError:
-        display_name = info.get("display_name")
+        display_name = info.display_name
     return {
         "run_id": record.run_id,
         "model": record.model,
         "display_name": display_name,
         "study_id": record.study_id,
         "status": record.state,
-        "weights": info.get("weights"),
-        "image_size": info.get("image_size"),
-        "epochs": info.get("epochs_trained"),
-        "train_seconds": info.get("train_seconds"),
-        "params": info.get("parameters"),
+        "weights": info.weights,
+        "image_size": info.image_size,
+        "epochs": info.epochs_trained,
+        "train_seconds": info.train_seconds,
+        "params": info.parameters,
         "path": str(record.path),
     }
 
 
-def _faithfulness(folder: Path, fingerprint: str | None, external: bool) -> dict[str, Any]:
+def _faithfulness(run_dir: Path, source: str, fingerprint: str | None) -> dict[str, Any]:
     """Pointing game and energy in the lesion mask of Grad-CAM, when they were measured on the
     data of this row (``faithfulness.json`` without a fingerprint counts as the test split)."""
     empty = {"pointing_game": None, "energy_in_mask": None}
+    external = source != runs.TEST_SOURCE
     try:
-        payload = fileio.read_json(folder / FAITHFULNESS_FILE)
-        measured_on = payload.get("fingerprint")
-        method = payload["methods"][FAITHFULNESS_METHOD]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        payload = runs.read_faithfulness(run_dir, source)
+    except runs.EvaluationError:
         return empty
+    if payload is None or FAITHFULNESS_METHOD not in payload["methods"]:
+        return empty
+    measured_on, method = payload.get("fingerprint"), payload["methods"][FAITHFULNESS_METHOD]
     if (measured_on is None and external) or (measured_on is not None and measured_on != fingerprint):
         return empty
     return {key: method.get(key) if isinstance(method, dict) else None for key in empty}

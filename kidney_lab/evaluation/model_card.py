@@ -21,7 +21,6 @@ from kidney_lab import runs
 from kidney_lab.data import classes
 from kidney_lab.data import phantom
 from kidney_lab.data import split as split_module
-from kidney_lab.evaluation import leaderboard as leaderboard_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import store
 from kidney_lab.models import registry
@@ -43,11 +42,11 @@ def model_card(run_dir: str | os.PathLike[str]) -> str:
     """
     folder = Path(run_dir)
     record = runs.read_run(folder)
-    if not record.info:
+    if not record.info_readable:
         raise runs.RunNotFoundError(f"No readable run at {folder}: {record.problem}.")
     info = record.info
     spec = _spec(info)
-    name = spec.display_name if spec is not None else str(info.get("model"))
+    name = spec.display_name if spec is not None else str(info.model)
     lines = [
         f"# Model card: {name}, run {record.run_id}",
         "",
@@ -60,7 +59,7 @@ def model_card(run_dir: str | os.PathLike[str]) -> str:
         INTENDED_USE,
         "",
     ]
-    test, test_problem = _evaluation(folder, store.TEST_SOURCE)
+    test, test_problem = _evaluation(folder, runs.TEST_SOURCE)
     lines += _model_section(info, spec, test)
     lines += _data_section(info)
     lines += _training_section(info, test)
@@ -79,9 +78,9 @@ def write_model_card(run_dir: str | os.PathLike[str]) -> Path:
     return path.absolute()
 
 
-def _spec(info: dict[str, Any]) -> registry.ModelSpec | None:
+def _spec(info: runs.RunInfo) -> registry.ModelSpec | None:
     try:
-        return registry.get_spec(info.get("model") or "")
+        return registry.get_spec(info.model or "")
     except errors.ConfigError:
         return None
 
@@ -99,18 +98,18 @@ def _evaluation(folder: Path, source: str) -> tuple[dict[str, Any] | None, str |
     return {**stored, **scores}, None
 
 
-def _model_section(info: dict[str, Any], spec: registry.ModelSpec | None, test: dict[str, Any] | None) -> list[str]:
+def _model_section(info: runs.RunInfo, spec: registry.ModelSpec | None, test: dict[str, Any] | None) -> list[str]:
     lines = ["## Model", ""]
     if spec is not None:
         lines.append(f"- Architecture: {spec.display_name} (`{spec.name}`, {spec.family}; {spec.reference})")
         lines.append(f"- Preprocessing inside the model: {spec.preprocessing}")
-    lines.append(f"- Input: {info.get('image_size')} x {info.get('image_size')} pixels, raw 0-255 grayscale repeated to RGB")
-    lines.append(f"- Classes (output order): {', '.join(info.get('class_names') or classes.CLASS_NAMES)}")
-    weights = info.get("weights") or "unknown"
-    lines.append(f"- Weights: {weights} (asked for: {info.get('weights_requested', 'unknown')})")
-    if info.get("weights_note"):
-        lines.append(f"- Weights note: {info['weights_note']}")
-    lines.append(f"- Parameters: {_number(info.get('parameters'))}")
+    lines.append(f"- Input: {info.image_size} x {info.image_size} pixels, raw 0-255 grayscale repeated to RGB")
+    lines.append(f"- Classes (output order): {', '.join(info.class_names or classes.CLASS_NAMES)}")
+    weights = info.weights or "unknown"
+    lines.append(f"- Weights: {weights} (asked for: {info.weights_requested or 'unknown'})")
+    if info.weights_note:
+        lines.append(f"- Weights note: {info.weights_note}")
+    lines.append(f"- Parameters: {_number(info.parameters)}")
     if test is not None and test.get("model_bytes") is not None:
         lines.append(f"- Model file: {test['model_bytes'] / 1e6:.1f} MB")
     if test is not None and test.get("ms_per_image_batch_1") is not None:
@@ -122,18 +121,18 @@ def _model_section(info: dict[str, Any], spec: registry.ModelSpec | None, test: 
     return lines + [""]
 
 
-def _data_section(info: dict[str, Any]) -> list[str]:
+def _data_section(info: runs.RunInfo) -> list[str]:
     lines = ["## Data", ""]
-    lines.append(f"- Folder: `{info.get('data_root')}`")
-    lines.append(f"- Fingerprint: `{info.get('dataset_fingerprint')}`, {_number(info.get('dataset_images'))} images")
+    lines.append(f"- Folder: `{info.data_root}`")
+    lines.append(f"- Fingerprint: `{info.dataset_fingerprint}`, {_number(info.dataset_images)} images")
     if _is_phantom(info):
         lines.append("- Kind: synthetic phantoms made by kidney_lab (not patient scans)")
     lines += ["", "## Split", ""]
     try:
-        data_split = split_module.load_split(info["workspace"], info["split_id"], root=info.get("data_root"))
-    except (errors.SplitError, KeyError, TypeError) as error:
-        lines.append(f"- Split `{info.get('split_id')}` ({info.get('split_strategy')}): manifest unreadable ({error}).")
-        counts = info.get("split_counts") or {}
+        data_split = split_module.load_split(info.workspace, info.split_id, root=info.data_root)
+    except (errors.SplitError, TypeError) as error:
+        lines.append(f"- Split `{info.split_id}` ({info.split_strategy}): manifest unreadable ({error}).")
+        counts = info.split_counts or {}
         lines.append("- Images: " + ", ".join(f"{subset} {count}" for subset, count in counts.items()))
         return lines + [""]
     leakage = data_split.leakage("test")
@@ -158,11 +157,11 @@ def _data_section(info: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _training_section(info: dict[str, Any], test: dict[str, Any] | None) -> list[str]:
-    config = info.get("config") or {}
+def _training_section(info: runs.RunInfo, test: dict[str, Any] | None) -> list[str]:
+    config = info.config or {}
     lines = ["## Training", ""]
     lines.append(
-        f"- Epochs: {info.get('epochs_trained', 'unknown')} trained of at most {config.get('epochs', 'unknown')} "
+        f"- Epochs: {_number(info.epochs_trained)} trained of at most {config.get('epochs', 'unknown')} "
         f"(early-stopping patience {config.get('patience', 'unknown')})"
     )
     lines.append(
@@ -170,9 +169,9 @@ def _training_section(info: dict[str, Any], test: dict[str, Any] | None) -> list
         f"{config.get('lr_schedule', 'unknown')}, batch {config.get('batch_size', 'unknown')}, "
         f"augmentation {'on' if config.get('augmentation') else 'off'}, seed {config.get('seed', 'unknown')}"
     )
-    if info.get("train_seconds") is not None:
-        lines.append(f"- Time: {info['train_seconds']:.0f} s on {info.get('device', 'an unknown device')}")
-    kept = (test or {}).get("kept_epoch") or info.get("kept_epoch")
+    if info.train_seconds is not None:
+        lines.append(f"- Time: {info.train_seconds:.0f} s on {info.device or 'an unknown device'}")
+    kept = (test or {}).get("kept_epoch") or info.kept_epoch
     if kept:
         lines.append(
             f"- Kept checkpoint: epoch {kept.get('epoch')} (lowest validation loss): train accuracy "
@@ -223,7 +222,7 @@ def _external_evaluations(folder: Path) -> list[tuple[str, dict[str, Any] | None
     return [
         (item["source"], *_evaluation(folder, item["source"]))
         for item in store.list_evaluations(folder)
-        if item["source"] != store.TEST_SOURCE
+        if item["source"] != runs.TEST_SOURCE
     ]
 
 
@@ -249,12 +248,14 @@ def _external_section(external: list[tuple[str, dict[str, Any] | None, str | Non
 
 def _faithfulness_section(folder: Path) -> list[str]:
     try:
-        payload = fileio.read_json(folder / leaderboard_module.FAITHFULNESS_FILE)
-        methods = dict(payload["methods"])
-    except (OSError, ValueError, KeyError, TypeError):
+        payload = runs.read_faithfulness(folder)
+    except runs.EvaluationError:
         return []
+    if payload is None:
+        return []
+    methods = payload["methods"]
     lines = ["## Explanation faithfulness", "",
-             f"From `{leaderboard_module.FAITHFULNESS_FILE}` ({_number(payload.get('images'))} images of `{payload.get('data')}`).", "",
+             f"From `{runs.FAITHFULNESS_FILE}` ({_number(payload.get('images'))} images of `{payload.get('data')}`).", "",
              "| method | pointing game | energy in lesion mask | deletion AUC (random) | insertion AUC (random) |",
              "|---|---|---|---|---|"]
     for method, values in methods.items():
@@ -269,7 +270,7 @@ def _faithfulness_section(folder: Path) -> list[str]:
 
 
 def _limits_section(
-    info: dict[str, Any],
+    info: runs.RunInfo,
     test: dict[str, Any] | None,
     external: list[tuple[str, dict[str, Any] | None, str | None]],
 ) -> list[str]:
@@ -280,18 +281,18 @@ def _limits_section(
             "drawn lesions, not how it would do on patient scans (evaluate it on real slices "
             "with `--data`)."
         )
-    if info.get("device") == "CPU" or (info.get("epochs_trained") or 0) < 10:
+    if info.device == "CPU" or (info.epochs_trained or 0) < 10:
         lines.append(
-            f"- A short run ({info.get('epochs_trained', 'unknown')} epochs on {info.get('device', 'an unknown device')}, "
-            f"weights {info.get('weights', 'unknown')}): a sketch of what the architecture can do, not its best."
+            f"- A short run ({_number(info.epochs_trained)} epochs on {info.device or 'an unknown device'}, "
+            f"weights {info.weights or 'unknown'}): a sketch of what the architecture can do, not its best."
         )
-    duplicates = (test or {}).get("test_with_duplicate_in_train", info.get("test_with_duplicate_in_train"))
+    duplicates = (test or {}).get("test_with_duplicate_in_train", info.test_with_duplicate_in_train)
     if duplicates:
         lines.append(
             f"- {duplicates} test images have an exact or near duplicate in training: the test scores are "
             "inflated by leakage; a grouped split gives an honest estimate."
         )
-    elif info.get("split_strategy") == "grouped":
+    elif info.split_strategy == "grouped":
         lines.append("- Grouped split: no test image has a near duplicate in training (as far as the perceptual hash sees).")
     if test is not None:
         low, high = test["intervals"]["accuracy"]
@@ -311,8 +312,8 @@ def _limits_section(
     return lines + [""]
 
 
-def _is_phantom(info: dict[str, Any]) -> bool:
-    root = info.get("data_root")
+def _is_phantom(info: runs.RunInfo) -> bool:
+    root = info.data_root
     if not root:
         return False
     try:

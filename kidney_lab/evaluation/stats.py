@@ -93,7 +93,7 @@ def mcnemar(table_a: pd.DataFrame, table_b: pd.DataFrame) -> dict[str, Any]:
 def compare_runs(
     run_a: str | os.PathLike[str],
     run_b: str | os.PathLike[str],
-    source: str = store.TEST_SOURCE,
+    source: str = runs.TEST_SOURCE,
     *,
     workspace: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:

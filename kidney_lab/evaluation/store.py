@@ -1,11 +1,13 @@
-"""Where a run's evaluations are stored, and how they are read back.
+"""How a run's stored evaluations are read back.
 
 A run holds one evaluation of its own test split (``<run>/predictions.csv`` and
 ``<run>/metrics.json``, the run-folder contract of DESIGN.md) and any number of evaluations of
 external folders, each under the folder's dataset fingerprint
 (``<run>/external/<fingerprint>/predictions.csv`` and ``metrics.json``), so evaluating another
 folder never overwrites the run's own test results. An evaluation is named by its *source*:
-``"test"`` or the fingerprint.
+``"test"`` or the fingerprint. Where these files lie is the run store's fact
+(:func:`kidney_lab.runs.evaluation_folder` and the ``*_path`` functions next to it); this
+module reads them.
 
 Reading goes through :func:`load_predictions`, which validates the table, so a file edited by
 hand into nonsense gives a message that names the file and says how to rebuild it, never a
@@ -16,7 +18,6 @@ loading it.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,54 +28,9 @@ from kidney_lab import fileio
 from kidney_lab import runs
 from kidney_lab.evaluation import metrics as metrics_module
 
-TEST_SOURCE = "test"
-EXTERNAL_FOLDER = "external"
 EXTERNAL_KIND = "external"
-# Written by kidney_lab.explain.faithfulness next to the evaluation it measured.
-FAITHFULNESS_FILE = "faithfulness.json"
-# Dataset fingerprints are hex digests (kidney_lab.fileio.short_hash); nothing else may name a
-# folder under external/, so a source can never lead outside the run folder.
-_FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{6,64}")
-
-
-class EvaluationError(errors.KidneyLabError, ValueError):
-    """An evaluation cannot be made, found or read."""
-
-
-def check_source(source: str) -> str:
-    """Return ``source`` if it names an evaluation: ``"test"`` or a dataset fingerprint.
-
-    Raises:
-        EvaluationError: anything else (a path, an empty string, ...).
-    """
-    if source == TEST_SOURCE or (isinstance(source, str) and _FINGERPRINT_PATTERN.fullmatch(source)):
-        return source
-    raise EvaluationError(
-        f"{source!r} is not an evaluation source; use 'test' or the fingerprint of an evaluated "
-        "folder (see list_evaluations or the metrics.json of the evaluation)."
-    )
-
-
-def evaluation_folder(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> Path:
-    """The folder that holds the evaluation ``source`` of a run (it need not exist yet).
-
-    Raises:
-        EvaluationError: ``source`` is neither ``"test"`` nor a fingerprint.
-    """
-    folder = Path(run_dir)
-    if check_source(source) == TEST_SOURCE:
-        return folder
-    return folder / EXTERNAL_FOLDER / source
-
-
-def predictions_path(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> Path:
-    """The ``predictions.csv`` of evaluation ``source``."""
-    return evaluation_folder(run_dir, source) / runs.PREDICTIONS_FILE
-
-
-def metrics_path(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> Path:
-    """The ``metrics.json`` of evaluation ``source``."""
-    return evaluation_folder(run_dir, source) / runs.METRICS_FILE
+# The run store names evaluations and owns their folders, so its error is the one raised here.
+EvaluationError = runs.EvaluationError
 
 
 def read_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -97,7 +53,7 @@ def read_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
             keep_default_na=False,
         )
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = errors.first_line(error)
         raise metrics_module.PredictionsError(f"{file} cannot be read as a table ({reason}); {hint}") from None
     try:
         return metrics_module.check_predictions(table, source=str(file))
@@ -105,7 +61,7 @@ def read_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise metrics_module.PredictionsError(f"{error} It was changed or damaged; {hint}") from None
 
 
-def load_predictions(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> pd.DataFrame:
+def load_predictions(run_dir: str | os.PathLike[str], source: str = runs.TEST_SOURCE) -> pd.DataFrame:
     """The validated predictions table of one evaluation of a run.
 
     Args:
@@ -116,7 +72,7 @@ def load_predictions(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE)
         EvaluationError: an invalid source, or no such evaluation.
         metrics.PredictionsError: the stored table is damaged (see :func:`read_predictions`).
     """
-    path = predictions_path(run_dir, source)
+    path = runs.predictions_path(run_dir, source)
     if not path.is_file():
         raise EvaluationError(
             f"Run {Path(run_dir).name} has no evaluation {source!r} (no {path}); run "
@@ -125,13 +81,13 @@ def load_predictions(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE)
     return read_predictions(path)
 
 
-def load_metrics(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> dict[str, Any]:
+def load_metrics(run_dir: str | os.PathLike[str], source: str = runs.TEST_SOURCE) -> dict[str, Any]:
     """The stored ``metrics.json`` of one evaluation of a run.
 
     Raises:
         EvaluationError: an invalid source, no such evaluation, or an unreadable file.
     """
-    path = metrics_path(run_dir, source)
+    path = runs.metrics_path(run_dir, source)
     try:
         payload = fileio.read_json(path)
     except FileNotFoundError:
@@ -143,32 +99,6 @@ def load_metrics(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> 
         raise EvaluationError(f"{path} cannot be read ({error}); evaluate the run again.") from None
     if not isinstance(payload, dict):
         raise EvaluationError(f"{path} does not hold a JSON object; evaluate the run again.")
-    return payload
-
-
-def load_faithfulness(run_dir: str | os.PathLike[str], source: str = TEST_SOURCE) -> dict[str, Any] | None:
-    """The heat-map faithfulness scores measured on one evaluation's images, if measured.
-
-    ``python -m kidney_lab explain-eval`` writes them next to the evaluation they belong to:
-    ``<run>/faithfulness.json`` for the test split, ``<run>/external/<fingerprint>/`` for a
-    folder (see :mod:`kidney_lab.explain.faithfulness`).
-
-    Returns:
-        The stored object (``methods`` by explanation method, ``baselines``, ``images``, ...),
-        or ``None`` when faithfulness was never measured there.
-
-    Raises:
-        EvaluationError: an invalid source, or a file that is not a JSON object with ``methods``.
-    """
-    path = evaluation_folder(run_dir, source) / FAITHFULNESS_FILE
-    try:
-        payload = fileio.read_json(path)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise EvaluationError(f"{path} cannot be read ({error}); measure it again with explain-eval.") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("methods"), dict):
-        raise EvaluationError(f"{path} holds no faithfulness scores by method; measure it again with explain-eval.")
     return payload
 
 
@@ -185,18 +115,12 @@ def list_evaluations(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         ``metrics`` (its metrics.json) and ``problem`` (``None`` when metrics.json is readable).
     """
     folder = Path(run_dir)
-    sources = [TEST_SOURCE] if predictions_path(folder).is_file() else []
     try:
-        names = sorted(entry.name for entry in os.scandir(folder / EXTERNAL_FOLDER) if entry.is_dir())
-    except OSError:
-        names = []
-    sources += [name for name in names if _FINGERPRINT_PATTERN.fullmatch(name) and predictions_path(folder, name).is_file()]
-    try:
-        split_kind = fileio.read_json(folder / runs.RUN_FILE).get("split_strategy")
-    except (OSError, ValueError, AttributeError):
+        split_kind = runs.read_info(folder).split_strategy
+    except runs.RunNotFoundError:
         split_kind = None
     listing = []
-    for source in sources:
+    for source in runs.evaluation_sources(folder):
         try:
             stored, problem = load_metrics(folder, source), None
         except EvaluationError as error:
@@ -204,15 +128,15 @@ def list_evaluations(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         listing.append(
             {
                 "source": source,
-                "kind": stored.get("split_kind") or (EXTERNAL_KIND if source != TEST_SOURCE else split_kind),
+                "kind": stored.get("split_kind") or (EXTERNAL_KIND if source != runs.TEST_SOURCE else split_kind),
                 "images": stored.get("images"),
                 "accuracy": stored.get("accuracy"),
                 "macro_f1": stored.get("macro_f1"),
                 "data": stored.get("data"),
-                "fingerprint": stored.get("fingerprint", None if source == TEST_SOURCE else source),
+                "fingerprint": stored.get("fingerprint", None if source == runs.TEST_SOURCE else source),
                 "evaluated": stored.get("evaluated"),
-                "path": str(predictions_path(folder, source).absolute()),
-                "metrics": str(metrics_path(folder, source).absolute()),
+                "path": str(runs.predictions_path(folder, source).absolute()),
+                "metrics": str(runs.metrics_path(folder, source).absolute()),
                 "problem": problem,
             }
         )

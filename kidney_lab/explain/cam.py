@@ -803,7 +803,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
     """
     folder = runs.resolve_run(run_dir)
     record = runs.read_run(folder)
-    model_name, size = record.info.get("model"), record.info.get("image_size")
+    model_name, size = record.info.model, record.info.image_size
     if not model_name or not isinstance(size, int):
         reason = record.problem or "run.json names no model or image size"
         raise ExplainError(f"Run {folder.name} cannot be explained: {reason}.")

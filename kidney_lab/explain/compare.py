@@ -108,7 +108,7 @@ def _message(error: Exception, method: str) -> str:
             f"Out of memory while explaining with {cam.get_method(method).display_name}; close other "
             "models or programs, or use gradcam, which needs the least memory."
         )
-    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    text = errors.first_line(error, 300, empty="")
     return f"{cam.get_method(method).display_name} failed on this model: {type(error).__name__}: {text}"
 
 

@@ -38,7 +38,6 @@ learned (an edge detector, say) scores as well there as the trained one.
 
 from __future__ import annotations
 
-import datetime
 import os
 import time
 from pathlib import Path
@@ -63,8 +62,6 @@ from kidney_lab.data.scan import read_scan
 from kidney_lab.explain import cam
 from kidney_lab.models import registry
 
-FAITHFULNESS_FILE = "faithfulness.json"
-EXTERNAL_FOLDER = "external"
 LESION_CLASSES: tuple[str, ...] = tuple(name for name in classes.CLASS_NAMES if name != "Normal")
 # Pointing-game tolerance, as a fraction of the scan's shorter side.
 POINTING_TOLERANCE = 0.05
@@ -179,7 +176,7 @@ def evaluate_faithfulness(
         summary["randomization_spearman"] = sanity.get(method, {}).get("mean_spearman")
     report = {
         "run_id": folder.name,
-        "model": info.get("model"),
+        "model": info.model,
         "data": data_label,
         "fingerprint": fingerprint,
         "images": len(baselines),
@@ -197,7 +194,7 @@ def evaluate_faithfulness(
         },
         "skipped": skipped,
         "seconds": time.perf_counter() - started,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": fileio.now_iso("seconds"),
     }
     fileio.atomic_write_json(destination, report)
     return dict(report, path=str(destination))
@@ -222,19 +219,19 @@ def choose_images(frame: pd.DataFrame, max_images: int | None, seed: int = 0) ->
 
 
 def _images(
-    folder: Path, info: dict[str, Any], data: str | os.PathLike[str] | None
+    folder: Path, info: runs.RunInfo, data: str | os.PathLike[str] | None
 ) -> tuple[pd.DataFrame, str, str, Path]:
     """The images to score, the data's label and fingerprint, and where the result goes."""
     if data is None:
-        if not info.get("split_id") or not info.get("workspace"):
+        if not info.split_id or not info.workspace:
             raise errors.SplitError(f"Run {folder.name} names no split; pass a data folder instead.")
-        data_split = split_module.load_split(info["workspace"], info["split_id"], root=info.get("data_root"))
+        data_split = split_module.load_split(info.workspace, info.split_id, root=info.data_root)
         test = data_split.subset("test")
         if test.empty:
-            raise errors.SplitError(f"Split {info['split_id']} has no test images.")
-        return test[["path", "label"]], "test", data_split.fingerprint, folder / FAITHFULNESS_FILE
+            raise errors.SplitError(f"Split {info.split_id} has no test images.")
+        return test[["path", "label"]], "test", data_split.fingerprint, runs.faithfulness_path(folder)
     scanned = discover.scan_dataset(data)
-    destination = folder / EXTERNAL_FOLDER / scanned.fingerprint / FAITHFULNESS_FILE
+    destination = runs.faithfulness_path(folder, scanned.fingerprint)
     return scanned.table[["path", "label"]], str(scanned.root), scanned.fingerprint, destination
 
 

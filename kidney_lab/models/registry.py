@@ -378,7 +378,7 @@ def _assemble(spec: ModelSpec, size: int, weights: str | None, dropout: float) -
 
 
 def _weights_message(spec: ModelSpec, error: Exception) -> str:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = errors.first_line(error)
     url = next((word.rstrip(":") for word in reason.split() if word.startswith("https://")), None)
     where = keras_weights_folder()
     if url is not None:
@@ -429,8 +429,7 @@ def load_model(
     try:
         model = keras.saving.load_model(file, safe_mode=True, compile=False)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"Cannot load model {file}: {reason[:300]}") from None
+        raise ModelLoadError(f"Cannot load model {file}: {errors.first_line(error, 300)}") from None
     shape = tuple(model.output_shape) if not isinstance(model.output_shape, list) else ()
     inputs = tuple(model.input_shape) if not isinstance(model.input_shape, list) else ()
     if len(shape) != 2 or shape[-1] != len(classes.CLASS_NAMES) or len(inputs) != 4 or inputs[-1] != 3:

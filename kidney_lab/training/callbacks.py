@@ -31,24 +31,6 @@ _BACKUP_FILES = ("latest.weights.h5", "training_metadata.json")
 _PREVIOUS_SUFFIX = ".bkp"
 
 
-def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The rows of a history.csv as dicts with numbers parsed; [] when there is none."""
-    file = Path(path)
-    if not file.is_file():
-        return []
-    rows = []
-    with file.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            parsed: dict[str, Any] = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = int(value) if key == "epoch" else float(value)
-                except (TypeError, ValueError):
-                    parsed[key] = value
-            rows.append(parsed)
-    return rows
-
-
 class HistoryWriter(keras.callbacks.Callback):
     """Writes one row per finished epoch to history.csv (epoch numbers from 1).
 
@@ -63,7 +45,7 @@ class HistoryWriter(keras.callbacks.Callback):
         self.phase = phase
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        rows = [row for row in read_history(self.path) if row.get("epoch", 0) < epoch + 1]
+        rows = [row for row in runs.read_history(self.path) if row.get("epoch", 0) < epoch + 1]
         row: dict[str, Any] = {"epoch": epoch + 1, "phase": self.phase()}
         row.update({key: float(value) for key, value in (logs or {}).items()})
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -85,7 +67,7 @@ class BestCheckpoint(keras.callbacks.Callback):
     loadable if the process dies mid-save. After each save, ``run.json`` records the epoch and
     its logs under ``checkpoint``, with the file's size and modification time, so that a resumed
     run knows which loss the checkpoint on disk has to be beaten by (see
-    :func:`checkpoint_record`); ``best`` is that loss.
+    :func:`kidney_lab.runs.checkpoint_record`); ``best`` is that loss.
     """
 
     def __init__(self, path: str | os.PathLike[str], best: float = math.inf) -> None:
@@ -104,26 +86,6 @@ class BestCheckpoint(keras.callbacks.Callback):
         runs.update_run_info(
             self.path.parent, checkpoint={**record, "bytes": saved.st_size, "mtime_ns": saved.st_mtime_ns}
         )
-
-
-def checkpoint_record(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The epoch and logs of the run's ``model.keras`` as :class:`BestCheckpoint` recorded them.
-
-    Returns:
-        ``{"epoch", "val_loss", ...}``, or None when the file is missing or ``run.json`` holds no
-        record of this very file (a process killed between saving and recording it).
-    """
-    folder = Path(run_dir)
-    try:
-        record = fileio.read_json(folder / runs.RUN_FILE).get("checkpoint")
-        saved = (folder / runs.MODEL_FILE).stat()
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(record, dict) or (record.get("bytes"), record.get("mtime_ns")) != (
-        saved.st_size, saved.st_mtime_ns
-    ):
-        return None
-    return {key: value for key, value in record.items() if key not in ("bytes", "mtime_ns")}
 
 
 def save_atomically(model: keras.Model, path: str | os.PathLike[str]) -> None:

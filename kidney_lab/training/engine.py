@@ -330,8 +330,7 @@ def _fit_and_evaluate(
     # Temporary files of writes that a killed attempt left unfinished (never the real files).
     for leftover in path.glob(".*.tmp*"):
         leftover.unlink(missing_ok=True)
-    info = fileio.read_json(path / runs.RUN_FILE)
-    if info.get("training_finished") and (path / runs.MODEL_FILE).is_file():
+    if runs.read_info(path).training_finished and (path / runs.MODEL_FILE).is_file():
         log.write("training had finished before; evaluating the stored checkpoint")
         return _evaluate(path, listener, None)
 
@@ -538,13 +537,13 @@ def _record_training(path: Path, seconds: float, memory: "_PeakMemory") -> None:
     Raises:
         kidney_lab.errors.KidneyLabError: training kept no checkpoint (no finite validation loss).
     """
-    history = training_callbacks.read_history(path / runs.HISTORY_FILE)
+    history = runs.read_history(path / runs.HISTORY_FILE)
     if not (path / runs.MODEL_FILE).is_file():
         raise errors.KidneyLabError(
             "Training never produced a finite validation loss, so no checkpoint was kept; "
             "try a lower --lr."
         )
-    kept = training_callbacks.checkpoint_record(path) or min(
+    kept = runs.checkpoint_record(path) or min(
         history, key=lambda row: row.get("val_loss", math.inf), default={}
     )
     runs.update_run_info(
@@ -563,12 +562,12 @@ def _checkpoint_loss(path: Path) -> float:
     """The validation loss of the run's checkpoint on disk, which training must beat to replace it."""
     if not (path / runs.MODEL_FILE).is_file():
         return math.inf
-    record = training_callbacks.checkpoint_record(path)
+    record = runs.checkpoint_record(path)
     if record is not None and isinstance(record.get("val_loss"), float):
         return record["val_loss"]
     # A checkpoint without a record of its own (killed between saving and recording, or saved
     # by an older version): the best loss of the history is the closest guess.
-    losses = [row["val_loss"] for row in training_callbacks.read_history(path / runs.HISTORY_FILE)
+    losses = [row["val_loss"] for row in runs.read_history(path / runs.HISTORY_FILE)
               if isinstance(row.get("val_loss"), float)]
     return min(losses, default=math.inf)
 
@@ -702,7 +701,7 @@ def _find_resumable_study(
     """The newest unfinished study of the same command, and its runs by model name."""
     studies: dict[str, dict[str, runs.RunRecord]] = {}
     for record in runs.list_runs(workspace, study_id=study_id):
-        if record.info.get("command_key") == command_key and record.study_id and record.model:
+        if record.info.command_key == command_key and record.study_id and record.model:
             studies.setdefault(record.study_id, {}).setdefault(record.model, record)
     for candidate, members in studies.items():
         states = {record.state for record in members.values()}
@@ -783,8 +782,7 @@ def _error_message(error: BaseException) -> str:
         return f"the disk is full ({error.filename or 'while writing'}); free space and run the same command again to resume"
     if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
         return "out of memory; use a smaller --batch-size or --img-size"
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text[:300]}"
+    return f"{type(error).__name__}: {errors.first_line(error, 300, empty='')}"
 
 
 class _RunLog:

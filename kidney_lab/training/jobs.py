@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from kidney_lab import fileio
 from kidney_lab import runs
 from kidney_lab.errors import ConfigError, KidneyLabError
 from kidney_lab.fileio import atomic_write_json, read_json
@@ -148,10 +149,6 @@ class JobRecord:
         return runs.read_log_tail(self.log_path, lines)
 
 
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
 def _workspace(workspace: str | os.PathLike[str] | None) -> Path:
     return Path(workspace).expanduser().resolve() if workspace is not None else default_workspace()
 
@@ -210,7 +207,7 @@ def _reap() -> None:
                 _update_job_file(
                     folder,
                     returncode=returncode,
-                    finished=_now_iso(),
+                    finished=fileio.now_iso(),
                     state=_final_state(info, returncode),
                 )
 
@@ -289,7 +286,7 @@ def start_job(
     info: dict[str, Any] = {
         **(details or {}),
         "job_id": job_id, "kind": kind, "study_id": study_id, "argv": argv, "workspace": str(base),
-        "host": socket.gethostname(), "started": _now_iso(),
+        "host": socket.gethostname(), "started": fileio.now_iso(),
     }
     try:
         with open(folder / JOB_LOG_FILE, "wb") as log:
@@ -437,7 +434,7 @@ def cancel_job(
         raise JobError(f"Job {job_id} runs on {record.info.get('host')}; cancel it on that machine.")
     pid = record.pid
     pid_start = record.info.get("pid_start")
-    _update_job_file(record.path, cancel_requested=_now_iso())
+    _update_job_file(record.path, cancel_requested=fileio.now_iso())
     _signal_group(pid, pid_start, signal.SIGTERM)
     if _wait_until_gone(pid, pid_start, grace_seconds):
         reason = "cancelled; the training process ended before it marked this run finished"
@@ -453,7 +450,7 @@ def cancel_job(
     if final.is_active:
         raise JobError(f"Job {job_id} (process {pid}) is still alive after SIGKILL; stop it by hand.")
     if final.info.get("state") != final.state:
-        _update_job_file(final.path, state=final.state, finished=final.info.get("finished") or _now_iso())
+        _update_job_file(final.path, state=final.state, finished=final.info.get("finished") or fileio.now_iso())
         final = read_job(job_id, base)
     return final
 

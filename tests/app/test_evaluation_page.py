@@ -120,7 +120,7 @@ def test_two_runs_on_other_images_are_refused(open_app, tiny_study, tmp_path):
     run_a, run_b = _copy_runs(tiny_study, workspace, "resnet50", "vit")
     # B's test predictions now cover only half of the images: not the same images as A's.
     table = store.load_predictions(run_b)
-    table.iloc[: len(table) // 2].to_csv(store.predictions_path(run_b), index=False)
+    table.iloc[: len(table) // 2].to_csv(runs.predictions_path(run_b), index=False)
     app = _open(open_app, workspace, run=run_a.name, compare=run_b.name)
     _no_exception(app)
     assert any("cannot be compared" in element.value and "not evaluations of the same images" in element.value
@@ -132,9 +132,9 @@ def test_two_runs_on_other_images_are_refused(open_app, tiny_study, tmp_path):
 def test_nonsense_predictions_give_a_clear_error(open_app, tiny_study, tmp_path):
     workspace = tmp_path / "workspace"
     (run,) = _copy_runs(tiny_study, workspace, "vit")
-    table = pd.read_csv(store.predictions_path(run))
+    table = pd.read_csv(runs.predictions_path(run))
     table["prob_Cyst"] = "lots"
-    table.to_csv(store.predictions_path(run), index=False)
+    table.to_csv(runs.predictions_path(run), index=False)
     app = _open(open_app, workspace, run=run.name)
     _no_exception(app)
     message = next(element.value for element in app.error)
@@ -172,8 +172,8 @@ def test_faithfulness_is_shown_where_it_was_measured(open_app, tiny_study, tmp_p
     (run,) = _copy_runs(tiny_study, workspace, "vit")
     app = _open(open_app, workspace, run=run.name)
     assert "Not measured for this evaluation" in texts(app)
-    fingerprint = runs.read_run(run).info["dataset_fingerprint"]
-    fileio.atomic_write_json(run / store.FAITHFULNESS_FILE, {
+    fingerprint = runs.read_run(run).info.dataset_fingerprint
+    fileio.atomic_write_json(run / runs.FAITHFULNESS_FILE, {
         "fingerprint": fingerprint, "images": 9, "baselines": {"pointing_game": 0.125, "energy_in_mask": 0.0625},
         "methods": {"gradcam": {"pointing_game": 0.75, "energy_in_mask": 0.375, "deletion_auc": None}},
     })

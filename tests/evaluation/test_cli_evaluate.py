@@ -7,7 +7,6 @@ from pathlib import Path
 
 from kidney_lab import runs
 from kidney_lab.cli import main
-from kidney_lab.evaluation import store
 from tests.evaluation.helpers import snapshot
 
 
@@ -35,7 +34,7 @@ def test_evaluate_the_test_split_and_an_external_folder(run_copy: Path, external
     assert code == 0, err
     external = json.loads((tmp_path / "external.json").read_text())
     assert external["split_kind"] == "external" and external["images"] == 12
-    assert Path(external["predictions"]).parent == run_copy / store.EXTERNAL_FOLDER / external["fingerprint"]
+    assert Path(external["predictions"]).parent == run_copy / runs.EXTERNAL_FOLDER / external["fingerprint"]
     assert "(external)" in out
 
 

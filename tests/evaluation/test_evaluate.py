@@ -23,7 +23,6 @@ from kidney_lab.evaluation import model_card as model_card_module
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
 from kidney_lab.models import registry
-from kidney_lab.training import callbacks as training_callbacks
 from tests.evaluation.conftest import SIZE
 from tests.evaluation.helpers import snapshot
 
@@ -51,7 +50,7 @@ def test_training_stored_the_full_evaluation(tiny_run: Path) -> None:
     assert stored["model_bytes"] == (tiny_run / runs.MODEL_FILE).stat().st_size
     assert stored["ms_per_image_batch_1"] > 0 and stored["ms_per_image_batch_32"] > 0
     assert stored["train_seconds"] == info["train_seconds"] and stored["epochs"] == 1
-    history = training_callbacks.read_history(tiny_run / runs.HISTORY_FILE)
+    history = runs.read_history(tiny_run / runs.HISTORY_FILE)
     assert stored["kept_epoch"]["epoch"] == 1
     assert stored["kept_epoch"]["val_loss"] == pytest.approx(history[0]["val_loss"])
     assert stored["kept_epoch"]["train_accuracy"] == pytest.approx(history[0]["accuracy"])
@@ -100,11 +99,11 @@ def test_external_folder_is_stored_beside_the_run(run_copy: Path, external_folde
     assert result["data"] == str(external_folder.resolve())
     assert result["test_with_duplicate_in_train"] == 0 and "MD5" in result["duplicate_check"]
     assert result["same_dataset_as_training"] is False
-    folder = run_copy / store.EXTERNAL_FOLDER / fingerprint
+    folder = run_copy / runs.EXTERNAL_FOLDER / fingerprint
     assert Path(result["predictions"]) == (folder / runs.PREDICTIONS_FILE).absolute()
     assert json.loads((folder / runs.METRICS_FILE).read_text())["data"] == str(external_folder.resolve())
     after = snapshot(run_copy)
-    assert {name: data for name, data in after.items() if not name.startswith(store.EXTERNAL_FOLDER)} == before
+    assert {name: data for name, data in after.items() if not name.startswith(runs.EXTERNAL_FOLDER)} == before
     table = store.load_predictions(run_copy, fingerprint)
     assert len(table) == 12 and set(table["true_label"]) == {"Cyst", "Normal", "Stone", "Tumor"}
     assert [item["source"] for item in store.list_evaluations(run_copy)] == ["test", fingerprint]
@@ -167,7 +166,7 @@ def test_a_folder_with_a_class_the_model_does_not_know_is_refused(
     before = snapshot(run_copy)
     with pytest.raises(errors.DatasetError, match="Polyp"):
         evaluate_module.evaluate(run_copy, data)
-    assert snapshot(run_copy) == before and not (run_copy / store.EXTERNAL_FOLDER).exists()
+    assert snapshot(run_copy) == before and not (run_copy / runs.EXTERNAL_FOLDER).exists()
 
 
 def test_a_folder_without_images_is_refused(run_copy: Path, tmp_path: Path) -> None:

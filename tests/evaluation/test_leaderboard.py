@@ -37,16 +37,16 @@ def fake_run(
     }
     path = runs.create_run(workspace, runs.new_run_id(model), info)
     if table is not None:
-        write_evaluation(path, store.TEST_SOURCE, table, split_kind=split, fingerprint=fingerprint)
+        write_evaluation(path, runs.TEST_SOURCE, table, split_kind=split, fingerprint=fingerprint)
     runs.mark_finished(path, runs.COMPLETED)
     return path
 
 
 def write_evaluation(path: Path, source: str, table: pd.DataFrame, **stored) -> None:
-    with fileio.atomic_path(store.predictions_path(path, source)) as temporary:
+    with fileio.atomic_path(runs.predictions_path(path, source)) as temporary:
         table.to_csv(temporary, index=False)
     fileio.atomic_write_json(
-        store.metrics_path(path, source), {"ms_per_image_batch_1": 2.5, "model_bytes": 4096, **stored}
+        runs.metrics_path(path, source), {"ms_per_image_batch_1": 2.5, "model_bytes": 4096, **stored}
     )
 
 
@@ -62,7 +62,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_evaluation(made["strong"], "bbbb33334444", random_table(60, seed=5, prefix="/external/x"),
                      split_kind="external", fingerprint="bbbb33334444", test_with_duplicate_in_train=0)
     fileio.atomic_write_json(
-        made["strong"] / leaderboard_module.FAITHFULNESS_FILE,
+        made["strong"] / runs.FAITHFULNESS_FILE,
         {"run_id": made["strong"].name, "fingerprint": "aaaa11112222",
          "methods": {"gradcam": {"pointing_game": 0.8, "energy_in_mask": 0.4}}},
     )
@@ -128,7 +128,7 @@ def test_unevaluated_and_broken_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     broken = fake_run(tmp_path, "mobilenetv2", random_table(40, seed=4))
     (broken / runs.RUN_FILE).write_text("{ not json")
     edited = fake_run(tmp_path, "inceptionv3", random_table(40, seed=5))
-    store.predictions_path(edited).write_text("path,true_label\nx,Cyst\n")
+    runs.predictions_path(edited).write_text("path,true_label\nx,Cyst\n")
     vanishing = fake_run(tmp_path, "efficientnetb0", random_table(40, seed=6))
 
     original = store.load_predictions
@@ -183,7 +183,7 @@ def test_faithfulness_of_an_external_folder_shows_on_its_row(tmp_path: Path) -> 
     run = fake_run(tmp_path, "vit", random_table(30, seed=3))
     write_evaluation(run, "dddd77778888", random_table(20, seed=4, prefix="/external/y"), split_kind="external")
     fileio.atomic_write_json(
-        store.evaluation_folder(run, "dddd77778888") / leaderboard_module.FAITHFULNESS_FILE,
+        runs.evaluation_folder(run, "dddd77778888") / runs.FAITHFULNESS_FILE,
         {"fingerprint": "dddd77778888", "methods": {"gradcam": {"pointing_game": 0.25, "energy_in_mask": 0.5}}},
     )
     board = leaderboard_module.leaderboard(tmp_path).set_index("evaluated_on")

@@ -14,7 +14,6 @@ from PIL import Image
 
 from kidney_lab import cli
 from kidney_lab import runs
-from kidney_lab.explain import faithfulness
 from tests.explain.conftest import lesion_phantom, non_square
 from tests.helpers import encode
 
@@ -97,8 +96,8 @@ def test_explain_eval_stores_faithfulness_and_prints_a_table(run_copy, tmp_path,
     captured = capsys.readouterr()
     assert status == 0, captured.err
     result = json.loads(report.read_text())
-    assert result["path"] == str(run / faithfulness.FAITHFULNESS_FILE)
-    assert json.loads((run / faithfulness.FAITHFULNESS_FILE).read_text())["methods"] == result["methods"]
+    assert result["path"] == str(run / runs.FAITHFULNESS_FILE)
+    assert json.loads((run / runs.FAITHFULNESS_FILE).read_text())["methods"] == result["methods"]
     assert list(result["methods"]) == ["gradcam", "layercam"] and result["images"] == 4
     assert "pointing" in captured.out and "(chance)" in captured.out and "(random weights)" in captured.out
     assert np.isfinite(result["methods"]["gradcam"]["deletion_auc"])

@@ -32,14 +32,14 @@ def test_a_tiny_phantom_run_gets_scores_in_range_and_the_documented_file(run_cop
     run = run_copy()
     result = faithfulness.evaluate_faithfulness(run, methods=("gradcam", "LayerCAM"), max_images=8, steps=4)
 
-    stored = fileio.read_json(run / faithfulness.FAITHFULNESS_FILE)
-    assert result["path"] == str(run / faithfulness.FAITHFULNESS_FILE)
+    stored = fileio.read_json(run / runs.FAITHFULNESS_FILE)
+    assert result["path"] == str(run / runs.FAITHFULNESS_FILE)
     assert stored == {key: value for key, value in result.items() if key != "path"}
     for key in ("run_id", "model", "data", "fingerprint", "images", "methods"):
         assert key in stored
     assert (stored["run_id"], stored["model"], stored["data"]) == (run.name, "vit", "test")
     info = runs.read_run(run).info
-    assert stored["fingerprint"] == info["dataset_fingerprint"]
+    assert stored["fingerprint"] == info.dataset_fingerprint
     assert 0 < stored["images"] <= 8
     assert set(stored["methods"]) == {"gradcam", "layercam"}
     lesion_images = 0
@@ -67,8 +67,8 @@ def test_an_external_folder_is_stored_beside_the_run_files(run_copy, phantom_roo
     result = faithfulness.evaluate_faithfulness(run, data=phantom_root, max_images=4, curves=False,
                                                 sanity_check=False)
     fingerprint = result["fingerprint"]
-    assert result["path"] == str(run / faithfulness.EXTERNAL_FOLDER / fingerprint / faithfulness.FAITHFULNESS_FILE)
-    assert not (run / faithfulness.FAITHFULNESS_FILE).exists(), "the test split's file must not be written"
+    assert result["path"] == str(run / runs.EXTERNAL_FOLDER / fingerprint / runs.FAITHFULNESS_FILE)
+    assert not (run / runs.FAITHFULNESS_FILE).exists(), "the test split's file must not be written"
     assert result["data"] == str(phantom_root) and result["images"] == 4
     assert result["methods"]["gradcam"]["deletion_auc"] is None
     assert result["methods"]["gradcam"]["randomization_spearman"] is None

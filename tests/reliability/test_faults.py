@@ -64,7 +64,7 @@ def killed_run(workspace: Path) -> runs.RunRecord:
 
 
 def history(record: runs.RunRecord) -> list[dict]:
-    return training_callbacks.read_history(record.path / runs.HISTORY_FILE)
+    return runs.read_history(record.path / runs.HISTORY_FILE)
 
 
 def assert_usable_checkpoint(record: runs.RunRecord) -> None:
@@ -100,7 +100,7 @@ def test_kill_9_at_each_stage_then_the_same_command_resumes_and_completes(
     trained = history(evaluated)
     assert [row["epoch"] for row in trained] == [1, 2]
     assert trained[0] == first[0]
-    assert evaluated.info["training_finished"] is True
+    assert evaluated.info.training_finished is True
     assert not (evaluated.path / runs.BACKUP_FOLDER).exists()
     assert not (evaluated.path / runs.PREDICTIONS_FILE).exists()
     assert_usable_checkpoint(evaluated)
@@ -116,13 +116,13 @@ def test_kill_9_at_each_stage_then_the_same_command_resumes_and_completes(
     assert_usable_checkpoint(done)
     assert not list(done.path.glob(".*"))
     # The kept epoch is the one whose weights model.keras holds, as recorded when it was saved.
-    kept = done.info["kept_epoch"]
-    assert kept == {key: value for key, value in done.info["checkpoint"].items() if key not in ("bytes", "mtime_ns")}
-    assert kept["epoch"] == done.info["best_epoch"]
+    kept = done.info.kept_epoch
+    assert kept == {key: value for key, value in done.info.checkpoint.items() if key not in ("bytes", "mtime_ns")}
+    assert kept["epoch"] == done.info.best_epoch
     assert kept["val_loss"] == pytest.approx(trained[kept["epoch"] - 1]["val_loss"])
     assert kept["val_loss"] == pytest.approx(min(row["val_loss"] for row in trained))
-    assert done.info["peak_rss_mb"] >= done.info["rss_start_mb"] > 0
-    assert f"peak memory {done.info['peak_rss_mb']:.0f} MB while training" in out
+    assert done.info.peak_rss_mb >= done.info.rss_start_mb > 0
+    assert f"peak memory {done.info.peak_rss_mb:.0f} MB while training" in out
 
 
 @pytest.mark.slow
@@ -138,7 +138,7 @@ def test_two_jobs_started_at_once_take_turns_and_keep_their_own_files(
         while first.poll() is None or second.poll() is None:
             for record in runs.list_runs(workspace):
                 assert record.state in (runs.QUEUED, runs.RUNNING, runs.COMPLETED), record.problem
-                assert record.info["run_id"] == record.run_id
+                assert record.info.run_id == record.run_id
                 reads += 1
             time.sleep(0.05)
     finally:
@@ -185,7 +185,7 @@ def test_reading_a_run_while_it_is_written_never_sees_half_a_file(tmp_path: Path
             (record,) = runs.list_runs(workspace)
             again = runs.read_run(run)
             assert record.state == again.state == runs.RUNNING, (again.state, again.problem)
-            assert again.info["run_id"] == run.name
+            assert again.info.run_id == run.name
             reads += 1
     finally:
         stop.set()
@@ -313,7 +313,7 @@ def test_a_full_disk_then_freed_fails_the_run_with_the_reason_and_resumes_withou
         result = engine.train(config)
     record = runs.read_run(result.runs[0].path)
     assert record.state == runs.FAILED and "the disk is full" in record.problem
-    assert "status.json" in record.problem and "the disk is full" in record.info["error"]
+    assert "status.json" in record.problem and "the disk is full" in record.info.error
     assert history(record) == []
 
     # 2. Freed; the disk fills again while the weights that close the training phase are written.

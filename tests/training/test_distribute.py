@@ -22,7 +22,6 @@ import tensorflow as tf
 from kidney_lab import errors
 from kidney_lab import fileio
 from kidney_lab import runs
-from kidney_lab.training import callbacks as training_callbacks
 from kidney_lab.training import distribute
 from tests.training.test_engine import MODEL, REPOSITORY, SIZE, train_arguments
 
@@ -50,9 +49,9 @@ def free_ports(count: int) -> list[int]:
             each.close()
 
 
-def check_distribution(info: dict, strategy: str) -> None:
+def check_distribution(info: runs.RunInfo, strategy: str) -> None:
     """run.json names the strategy, two replicas and the global batch of both."""
-    recorded = (info.get("strategy"), info.get("replicas"), info.get("global_batch_size"))
+    recorded = (info.strategy, info.replicas, info.global_batch_size)
     assert recorded == (strategy, REPLICAS, BATCH * REPLICAS), (
         f"run.json says strategy, replicas, global batch = {recorded}; "
         f"expected {(strategy, REPLICAS, BATCH * REPLICAS)}"
@@ -237,13 +236,13 @@ def test_mirrored_training_on_two_logical_cpus_uses_both_with_a_scaled_batch(
     info = record.info
     check_distribution(info, "mirrored")
     # An epoch is one pass over the training images in full global batches, not per-replica ones.
-    expected_steps = info["split_counts"]["train"] // (BATCH * REPLICAS)
+    expected_steps = info.split_counts["train"] // (BATCH * REPLICAS)
     reported = {steps for step, steps in payload["steps"] if steps}
     assert reported == {expected_steps}, f"steps per epoch {reported}, expected {expected_steps}"
     assert max(step or 0 for step, _ in payload["steps"]) == expected_steps
     predictions = pd.read_csv(record.path / runs.PREDICTIONS_FILE)
-    assert len(predictions) == info["split_counts"]["test"], "predictions.csv does not cover the test split"
-    assert [row["epoch"] for row in training_callbacks.read_history(record.path / runs.HISTORY_FILE)] == [1]
+    assert len(predictions) == info.split_counts["test"], "predictions.csv does not cover the test split"
+    assert [row["epoch"] for row in runs.read_history(record.path / runs.HISTORY_FILE)] == [1]
 
 
 def test_mirrored_training_survives_a_last_batch_smaller_than_the_replica_count(
@@ -254,7 +253,7 @@ def test_mirrored_training_survives_a_last_batch_smaller_than_the_replica_count(
     payload, record = train_mirrored_on_two_cpus(
         phantom_root, tmp_path / "workspace", split="random", val_fraction=0.15, test_fraction=0.14
     )
-    counts = record.info["split_counts"]
+    counts = record.info.split_counts
     assert counts["train"] % (BATCH * REPLICAS) == 1 and counts["val"] >= BATCH * REPLICAS, (
         f"the split no longer has the shape this test needs: {counts}"
     )
@@ -324,9 +323,9 @@ def test_two_local_workers_train_one_run_that_only_the_chief_writes(phantom_root
     info = record.info
     check_distribution(info, "multiworker")
     predictions = pd.read_csv(record.path / runs.PREDICTIONS_FILE)
-    assert len(predictions) == info["split_counts"]["test"], "predictions.csv does not cover the test split"
+    assert len(predictions) == info.split_counts["test"], "predictions.csv does not cover the test split"
     assert (record.path / runs.MODEL_FILE).is_file() and (record.path / runs.METRICS_FILE).is_file()
-    (epoch,) = training_callbacks.read_history(record.path / runs.HISTORY_FILE)
+    (epoch,) = runs.read_history(record.path / runs.HISTORY_FILE)
     assert np.isfinite(epoch["loss"]) and np.isfinite(epoch["val_loss"]), epoch
 
     # The other worker trained too, in a scratch folder of its own that it removed afterwards.

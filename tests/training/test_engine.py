@@ -89,18 +89,18 @@ def test_a_finished_run_holds_every_file_of_the_contract(finished) -> None:
     assert record.state == runs.COMPLETED
     assert record.study_id == result.study_id
     info = record.info
-    assert info["model"] == MODEL and info["image_size"] == SIZE
-    assert info["split_id"] == result.split_id and info["training_finished"] is True
-    assert info["versions"]["tensorflow"] and info["parameters"] > 0
+    assert info.model == MODEL and info.image_size == SIZE
+    assert info.split_id == result.split_id and info.training_finished is True
+    assert info.versions["tensorflow"] and info.parameters > 0
     assert not list(outcome.path.glob(".*"))
 
 
 def test_auto_weights_without_imagenet_record_why(finished) -> None:
     result, _, _ = finished
     info = runs.read_run(result.runs[0].path).info
-    assert info["weights_requested"] == "auto"
-    assert info["weights"] == registry.WEIGHTS_RANDOM
-    assert "ImageNet" in info["weights_note"]
+    assert info.weights_requested == "auto"
+    assert info.weights == registry.WEIGHTS_RANDOM
+    assert "ImageNet" in info.weights_note
 
 
 def test_predictions_are_the_test_split_and_metrics_follow_from_them(finished) -> None:
@@ -125,7 +125,7 @@ def test_predictions_are_the_test_split_and_metrics_follow_from_them(finished) -
 
 def test_history_has_one_row_per_epoch_and_status_reported_progress(finished) -> None:
     result, _, statuses = finished
-    history = training_callbacks.read_history(result.runs[0].path / runs.HISTORY_FILE)
+    history = runs.read_history(result.runs[0].path / runs.HISTORY_FILE)
     assert [row["epoch"] for row in history] == [1, 2]
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(history[0])
     progress = [status for status in statuses if status.get("step")]
@@ -229,7 +229,7 @@ def test_cancelling_stops_at_the_next_batch(phantom_root: Path, tmp_path: Path) 
     assert record.state == runs.CANCELLED
     steps = [status["step"] for status in seen if status.get("state") == runs.RUNNING and "step" in status]
     assert max(steps) <= 2
-    assert not training_callbacks.read_history(result.runs[0].path / runs.HISTORY_FILE)
+    assert not runs.read_history(result.runs[0].path / runs.HISTORY_FILE)
 
 
 def test_kill_9_then_the_same_command_resumes_from_the_last_finished_epoch(
@@ -242,7 +242,7 @@ def test_kill_9_then_the_same_command_resumes_from_the_last_finished_epoch(
         def one_epoch_done() -> bool:
             records = runs.list_runs(workspace) if workspace.is_dir() else []
             return bool(records) and len(
-                training_callbacks.read_history(records[0].path / runs.HISTORY_FILE)
+                runs.read_history(records[0].path / runs.HISTORY_FILE)
             ) >= 1
 
         wait_for(one_epoch_done, what="the first epoch")
@@ -253,14 +253,14 @@ def test_kill_9_then_the_same_command_resumes_from_the_last_finished_epoch(
             process.kill()
     (killed,) = runs.list_runs(workspace)
     assert killed.state == runs.STALE
-    first = training_callbacks.read_history(killed.path / runs.HISTORY_FILE)
+    first = runs.read_history(killed.path / runs.HISTORY_FILE)
 
     again = cli(*arguments, workspace=workspace)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-2000:]
     (resumed,) = runs.list_runs(workspace)
     assert resumed.run_id == killed.run_id and resumed.state == runs.COMPLETED
-    history = training_callbacks.read_history(resumed.path / runs.HISTORY_FILE)
+    history = runs.read_history(resumed.path / runs.HISTORY_FILE)
     assert [row["epoch"] for row in history] == [1, 2, 3]
     # The epochs finished before the kill were not trained again.
     assert history[0]["loss"] == pytest.approx(first[0]["loss"])
@@ -353,10 +353,10 @@ def test_pretrained_weights_train_the_head_then_fine_tune_with_batchnorm_frozen(
     assert (head_start, tune_start) == (0, 1)
     assert head_trainable == {registry.OUTPUT_LAYER}
     assert len(tune_trainable) > 10 and not any(batchnorm)
-    history = training_callbacks.read_history(result.runs[0].path / runs.HISTORY_FILE)
+    history = runs.read_history(result.runs[0].path / runs.HISTORY_FILE)
     assert [row["phase"] for row in history] == ["training the head", "fine-tuning", "fine-tuning"]
     assert history[1]["learning_rate"] == pytest.approx(history[0]["learning_rate"] * engine.FINE_TUNE_FACTOR)
-    assert runs.read_run(result.runs[0].path).info["weights"] == registry.WEIGHTS_IMAGENET
+    assert runs.read_run(result.runs[0].path).info.weights == registry.WEIGHTS_IMAGENET
 
 
 def test_mixed_precision_and_cosine_schedule(phantom_root: Path, tmp_path: Path) -> None:
@@ -365,11 +365,11 @@ def test_mixed_precision_and_cosine_schedule(phantom_root: Path, tmp_path: Path)
     )
     assert result.ok, result.runs[0].error
     info = runs.read_run(result.runs[0].path).info
-    assert info["mixed_precision"] is True
+    assert info.mixed_precision is True
     model = registry.load_model(result.runs[0].path / runs.MODEL_FILE)
     assert model.get_layer(registry.OUTPUT_LAYER).dtype_policy.compute_dtype == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"
-    history = training_callbacks.read_history(result.runs[0].path / runs.HISTORY_FILE)
+    history = runs.read_history(result.runs[0].path / runs.HISTORY_FILE)
     # Loss scaling skips the first steps while it finds its scale, so the decay starts late.
     assert history[1]["learning_rate"] < history[0]["learning_rate"]
 
