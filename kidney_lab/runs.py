@@ -212,16 +212,15 @@ class RunInfo:
         problems: list[str] = []
         kinds = _info_kinds()
         for key, raw in data.items():
-            kind = kinds.get(key)
-            if kind is None:
+            if key not in kinds:
                 extra[key] = raw
                 continue
-            value, wrong = _coerce(raw, kind)
-            if wrong is None:
+            value, problem = _typed(key, raw)
+            if problem is None:
                 values[key] = value
             else:
                 extra[key] = raw
-                problems.append(f"{key} is {_shown(raw)}, not {wrong}")
+                problems.append(problem)
         version = values.pop("schema_version", 0)
         if version is None:
             version = 0
@@ -252,11 +251,11 @@ class RunInfo:
         Raises:
             RunError: a known field is given a value of the wrong type; nothing is changed.
         """
-        merged = RunInfo.from_dict({**self.to_dict(), **fields})
-        wrong = [problem for problem in merged.problems if problem.split(" ", 1)[0] in fields]
+        known = [key for key in fields if key in _info_kinds()]
+        wrong = [problem for problem in (_typed(key, fields[key])[1] for key in known) if problem]
         if wrong:
             raise RunError(f"Cannot record in {RUN_FILE}: {'; '.join(wrong)}.")
-        return merged
+        return RunInfo.from_dict({**self.to_dict(), **fields})
 
     def problem(self) -> str | None:
         """What is wrong with the file, as one line naming it (``run.json: ...``), or None."""
@@ -288,20 +287,21 @@ def _info_kinds() -> dict[str, type]:
     return kinds
 
 
-def _coerce(raw: Any, kind: type) -> tuple[Any, str | None]:
-    """``raw`` as a value of ``kind``, and None; or None and what it should have been."""
+def _typed(key: str, raw: Any) -> tuple[Any, str | None]:
+    """The value of field ``key`` read from ``raw``, and None; or None and what is wrong with it."""
     if raw is None:
         return None, None
+    kind = _info_kinds()[key]
     fits = {
         int: isinstance(raw, int) and not isinstance(raw, bool),
         float: isinstance(raw, (int, float)) and not isinstance(raw, bool),
         bool: isinstance(raw, bool),
         str: isinstance(raw, str),
-        dict: isinstance(raw, dict) and all(isinstance(key, str) for key in raw),
+        dict: isinstance(raw, dict) and all(isinstance(name, str) for name in raw),
         tuple: isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw),
     }[kind]
     if not fits:
-        return None, _KIND_NAMES[kind]
+        return None, f"{key} is {_shown(raw)}, not {_KIND_NAMES[kind]}"
     if kind is float:
         return float(raw), None
     if kind is tuple:

@@ -1,7 +1,7 @@
 """Predictions, metrics and comparisons, all computed from stored per-image predictions.
 
 Modules, in the order the data flows: ``metrics`` (scores of one predictions table), ``store``
-(where evaluations live and how they are read back), ``evaluate`` (run a model and store its
+(how stored evaluations are read back; where they lie is :mod:`kidney_lab.runs`), ``evaluate`` (run a model and store its
 predictions), ``stats`` (McNemar between two runs), ``leaderboard`` and ``model_card``.
 
 The helpers below are also importable from the package itself (``from kidney_lab.evaluation

@@ -2,6 +2,9 @@
 
 Every file they write is written atomically (a temporary file, then ``os.replace``), so a
 process killed at any moment leaves the previous complete version behind, never half a file.
+Reading them back is the run store's job (:func:`kidney_lab.runs.read_history`,
+:func:`kidney_lab.runs.checkpoint_record`), so evaluation and the pages need not import this
+module or TensorFlow.
 """
 
 from __future__ import annotations
