@@ -18,6 +18,7 @@ from kidney_lab.data import discover
 from kidney_lab.data import pipeline
 from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import evaluate as evaluate_module
+from kidney_lab.evaluation import leaderboard as leaderboard_module
 from kidney_lab.evaluation import metrics
 from kidney_lab.evaluation import model_card as model_card_module
 from kidney_lab.evaluation import stats
@@ -236,3 +237,21 @@ def test_real_slices_as_an_external_folder(run_copy: Path, real_sample: Path, tm
     assert result["images"] == 8 and result["split_kind"] == "external"
     assert result["test_with_duplicate_in_train"] == 0
     assert len(store.load_predictions(run_copy, result["fingerprint"])) == 8
+
+
+def test_a_run_written_before_run_json_had_a_version_evaluates_unchanged(run_copy: Path) -> None:
+    """A run.json as the code before the typed record wrote it (no schema_version, no null
+    fields it never set) still evaluates, gets its model card and its leaderboard row."""
+    written = fileio.read_json(run_copy / runs.RUN_FILE)
+    old = {key: value for key, value in written.items() if key != "schema_version" and value is not None}
+    fileio.atomic_write_json(run_copy / runs.RUN_FILE, old)
+    before = store.load_metrics(run_copy)
+    record = runs.read_run(run_copy)
+    assert (record.state, record.info.schema_version) == (runs.COMPLETED, 0)
+    result = evaluate_module.evaluate(run_copy)
+    assert result["accuracy"] == before["accuracy"] and result["train_seconds"] == old["train_seconds"]
+    assert result["kept_epoch"] == before["kept_epoch"]
+    assert "Vision Transformer" in model_card_module.model_card(run_copy)
+    table = leaderboard_module.leaderboard(run_copy.parent)
+    assert list(table["run_id"]) == [run_copy.name] and not table.attrs["skipped"]
+
