@@ -20,8 +20,7 @@ Home page and the sidebar start fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kidney_lab import lazy
 
 # One colour per class on every chart.
 CLASS_COLOURS = {"Cyst": "#4c78a8", "Normal": "#54a24b", "Stone": "#e45756", "Tumor": "#b279a2"}
@@ -42,8 +41,4 @@ _HOMES = {name: module for module, names in _NAMES.items() for name in names}
 __all__ = sorted(["CLASS_COLOURS", *_HOMES])
 
 
-def __getattr__(name: str) -> Any:
-    module = _HOMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"pages.{module}"), name)
+__getattr__ = lazy.attributes(__name__, _HOMES, package="pages")
