@@ -214,6 +214,6 @@ def test_runs_trained_on_phantoms_are_called_so_by_the_library_s_one_answer(open
     _no_exception(app)
     assert all("phantoms" in label for label in app.selectbox(key="compare-run-vit").options[1:])
     monkeypatch.setattr(phantom, "phantom_root", lambda folder: None)
-    app.run()
+    app = open_app(tiny_study.workspace, page=PAGE)
     _no_exception(app)
     assert not any("phantoms" in label for label in app.selectbox(key="compare-run-vit").options)

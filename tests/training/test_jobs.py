@@ -311,6 +311,9 @@ def test_an_evaluate_job_runs_the_evaluate_command_and_reports_its_result(worksp
     assert jobs.list_jobs(workspace) == []
     assert job.result() is None
     _wait_for(lambda: not jobs.read_job(job.job_id, workspace).is_active, seconds=300)
+    # A process with many threads (TensorFlow's) shows as a zombie a moment before its exit
+    # code can be collected; this process started the job, so the code comes soon after.
+    _wait_for(lambda: jobs.read_job(job.job_id, workspace).returncode is not None, seconds=30)
     done = jobs.read_job(job.job_id, workspace)
     assert (done.state, done.returncode) == (jobs.FINISHED, 0), done.log_tail()
     result = done.result()
