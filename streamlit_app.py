@@ -1,7 +1,7 @@
 """The kidney_lab app: ``streamlit run streamlit_app.py``.
 
 A short entry file: the page config, the navigation over the pages listed in
-``pages/common.py`` (one line there adds a page), the shared sidebar, and the page itself run
+``pages/_navigation.py`` (one line there adds a page), the shared sidebar, and the page itself run
 inside an error guard, so that no page ever shows a stack trace.
 """
 

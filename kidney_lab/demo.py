@@ -225,13 +225,16 @@ def _completed_by_model(records: list[runs.RunRecord]) -> dict[str, runs.RunReco
 
 
 def demo_studies(workspace: str | Path | None = None) -> dict[str, list[runs.RunRecord]]:
-    """Runs trained on the workspace's demo phantoms, by study id (newest study first)."""
+    """Runs trained on the workspace's demo phantoms, by study id (newest study first).
+
+    A run belongs to the demo when its data is the phantom set in the workspace's demo folder
+    (:func:`kidney_lab.data.phantom.phantom_root`).
+    """
     folder = Path(workspace) if workspace is not None else workspace_module.default_workspace()
-    demo_root = str((folder / workspace_module.DEMO_DATA_FOLDER).resolve())
+    demo_root = (folder / workspace_module.DEMO_DATA_FOLDER).resolve()
     studies: dict[str, list[runs.RunRecord]] = {}
     for record in runs.list_runs(folder):
-        data_root = record.info.data_root or ""
-        if record.study_id and data_root.startswith(demo_root):
+        if record.study_id and phantom.phantom_root(record.info.data_root) == demo_root:
             studies.setdefault(record.study_id, []).append(record)
     return studies
 

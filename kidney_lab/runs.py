@@ -583,6 +583,21 @@ def checkpoint_record(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     return {key: value for key, value in record.items() if key not in ("bytes", "mtime_ns")}
 
 
+def model_key(run_dir: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """The identity of a run's saved model: the run folder (absolute), and the model file's
+    modification time (ns) and size (bytes).
+
+    The key of every cache of loaded models and of what they computed (the explainer cache,
+    the Compare page's explanations): a retrained or replaced model gets a new key.
+
+    Raises:
+        OSError: the run has no model file (FileNotFoundError) or it cannot be read.
+    """
+    folder = Path(run_dir).expanduser().resolve()
+    stat = (folder / MODEL_FILE).stat()
+    return str(folder), stat.st_mtime_ns, stat.st_size
+
+
 def check_model_file(
     path: str | os.PathLike[str], model_name: str | None = None, image_size: int | None = None
 ) -> str | None:

@@ -5,8 +5,13 @@ phantoms) goes through one run of each architecture; each row shows the scan and
 maps side by side, each titled with the model, its predicted class and its confidence, then the
 probabilities of every model in one chart and how far the models agree.
 
+What the page shows around the heat maps is decided by :mod:`kidney_lab.explain.compare`: the
+runs it uses by default, how far the models agree, and the predictions table it offers for
+download; this page only draws it.
+
 Speed. Explanations are cached per (scan contents, DICOM window, run, model file, method,
-target) in ``st.cache_data``, and the library keeps the explainers (loaded models, compiled
+target) in ``st.cache_data``, the run and model file by the library's key
+(:func:`kidney_lab.runs.model_key`), and the library keeps the explainers (loaded models, compiled
 passes) in its own bounded LRU (:func:`kidney_lab.explain.load_explainer`). So moving the
 opacity slider or changing the colour map only re-blends cached heat maps, and changing one
 run recomputes that run alone. The page times itself, from the scan's bytes to the last
@@ -20,8 +25,6 @@ as a diagnosis. Uploads stay in memory and are never written to disk.
 
 from __future__ import annotations
 
-import collections
-import csv
 import dataclasses
 import hashlib
 import io
@@ -35,9 +38,11 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from kidney_lab import runs
+from kidney_lab.data import phantom
 from kidney_lab.data import scan as scan_module
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.errors import KidneyLabError
+from kidney_lab.explain import compare
 from pages import common
 
 if TYPE_CHECKING:
@@ -125,7 +130,7 @@ def main() -> None:
     base = common.workspace()
     completed: list[runs.RunRecord] | None = None
     with common.shown_errors("listing the trained models"):
-        completed = usable_runs(base)
+        completed = compare.usable_runs(base)
     if completed is None:
         return
     if not completed:
@@ -153,12 +158,6 @@ def main() -> None:
 # Runs -----------------------------------------------------------------------------------------
 
 
-def usable_runs(base: Path) -> list[runs.RunRecord]:
-    """Completed runs with a saved model, newest first."""
-    return [record for record in runs.list_runs(base)
-            if record.state == runs.COMPLETED and record.has_model and record.model]
-
-
 def explain_empty() -> None:
     """What to do when the workspace has no trained model."""
     st.info(
@@ -172,24 +171,11 @@ def explain_empty() -> None:
                  icon=":material/model_training:")
 
 
-def default_runs(completed: list[runs.RunRecord], model_names: tuple[str, ...]) -> dict[str, runs.RunRecord | None]:
-    """The latest completed run of each architecture in the newest study (None where it has none).
-
-    The newest study is the one of the newest completed run; runs are newest first.
-    """
-    study = next((record.study_id for record in completed), None)
-    chosen: dict[str, runs.RunRecord | None] = {}
-    for model in model_names:
-        chosen[model] = next((record for record in completed
-                              if record.model == model and record.study_id == study), None)
-    return chosen
-
-
 def choose_runs(completed: list[runs.RunRecord], model_names: tuple[str, ...]) -> dict[str, runs.RunRecord | None]:
     """One selector per architecture; returns registry name -> the chosen run (None for none)."""
     from kidney_lab.models import registry
 
-    defaults = default_runs(completed, model_names)
+    defaults = compare.default_runs(completed, model_names)
     by_id = {record.run_id: record for record in completed}
     missing = [model for model, record in defaults.items() if record is None]
     label = "Models: the run of each architecture"
@@ -209,7 +195,7 @@ def choose_runs(completed: list[runs.RunRecord], model_names: tuple[str, ...]) -
                 help="Completed runs of this architecture, newest first.",
             )
             chosen[model] = by_id.get(picked) if picked is not None else None
-        st.caption("By default: the latest completed run of each architecture in the newest study. "
+        st.caption(f"By default: {compare.DEFAULT_RUNS_RULE}. "
                    "Runs of different studies were trained and tested on different splits.")
     fallback = [registry.get_spec(model).display_name for model, record in chosen.items()
                 if record is not None and record.weights_note]
@@ -237,21 +223,10 @@ def run_label(record: runs.RunRecord) -> str:
     parts = [f"{record.run_id[:8]}-{record.run_id[9:13]}"]
     if isinstance(accuracy, (int, float)):
         parts.append(f"test acc. {accuracy:.0%}")
-    if trained_on_phantoms(record):
+    if phantom.is_phantom_data(record.info.data_root):
         parts.append("phantoms")
     parts.append((record.study_id or "no study")[-4:])
     return " · ".join(parts)
-
-
-def trained_on_phantoms(record: runs.RunRecord) -> bool:
-    """True when the run's dataset is a phantom dataset made by kidney_lab (such as the demo's)."""
-    from kidney_lab.data import phantom
-
-    root = record.info.data_root
-    if not isinstance(root, str) or not root:
-        return False
-    folder = Path(root)
-    return any((candidate / phantom.PARAMETERS_FILE_NAME).is_file() for candidate in (folder, folder.parent))
 
 
 # Settings and scans ---------------------------------------------------------------------------
@@ -378,12 +353,6 @@ def read_upload(digest: str, _data: bytes, name: str, window: str | None) -> sca
     return scan_module.read_scan(_data, window=window, name=name)
 
 
-def model_key(record: runs.RunRecord) -> tuple[str, int, int]:
-    """The run folder with its model file's modification time and size (a retrained model is new)."""
-    stat = (record.path / runs.MODEL_FILE).stat()
-    return str(record.path), stat.st_mtime_ns, stat.st_size
-
-
 @st.cache_data(max_entries=CACHED_EXPLANATIONS, ttl=3600, show_spinner=False)
 def explanation(scan_key: tuple[str, str | None], _scan: scan_module.Scan, run_key: tuple[str, int, int],
                 method: str, target: str | None) -> Explanation:
@@ -440,7 +409,7 @@ def draw_scan(item: ScanInput, window: str | None, chosen: dict[str, runs.RunRec
                 asked = time.perf_counter()
                 try:
                     with computing.container(), st.spinner(waiting):
-                        result = explanation((item.digest, window), scan, model_key(record),
+                        result = explanation((item.digest, window), scan, runs.model_key(record.path),
                                              settings.method, settings.target)
                 except (KidneyLabError, OSError) as error:
                     st.error(f"Run {record.run_id} could not be used: {error}", icon=":material/error:")
@@ -527,8 +496,9 @@ def draw_summary(row: ScanRow, chosen: dict[str, runs.RunRecord | None], key: st
         st.plotly_chart(probability_chart(row.results), width="stretch", key=f"{key}-chart",
                         config={"displayModeBar": False})
     with text_column:
-        st.markdown(agreement_text(row.results))
-        phantom_runs = [record for record in chosen.values() if record is not None and trained_on_phantoms(record)]
+        st.markdown(compare.agreement(row.results).text)
+        phantom_runs = [record for record in chosen.values()
+                        if record is not None and phantom.is_phantom_data(record.info.data_root)]
         caveat = ("Models agreeing is not a diagnosis: they can all be wrong together, and none of them "
                   "replaces a radiologist.")
         if phantom_runs:
@@ -564,26 +534,6 @@ def probability_chart(results: list[Explanation]) -> Any:
     return figure
 
 
-def agreement_text(results: list[Explanation]) -> str:
-    """How many models agree, and on what, in one or two sentences of Markdown."""
-    votes = collections.Counter(result.predicted for result in results)
-    total = len(results)
-    (leader, count), = votes.most_common(1)
-    if total == 1:
-        return f"Only one model: {results[0].display_name} predicts **{leader}**."
-    if count == total:
-        return f"**All {total} models agree**: {leader}."
-    if list(votes.values()).count(count) > 1:
-        groups = "; ".join(
-            f"{label}: {', '.join(r.display_name for r in results if r.predicted == label)}"
-            for label, _ in votes.most_common()
-        )
-        return f"**The models disagree** ({groups})."
-    others = ", ".join(f"{result.display_name} predicts {result.predicted}"
-                       for result in results if result.predicted != leader)
-    return f"**{count} of {total} models** predict **{leader}**; {others}."
-
-
 # Downloads ------------------------------------------------------------------------------------
 
 
@@ -595,7 +545,8 @@ def draw_downloads(rows: list[ScanRow], settings: Settings) -> None:
         mime="application/zip", icon=":material/download:", on_click="ignore", key="compare-zip",
     )
     table.download_button(
-        "Predictions (CSV)", predictions_csv(rows, settings), file_name="kidney_lab-predictions.csv",
+        "Predictions (CSV)", compare.predictions_csv([(row.item.name, row.results) for row in rows]),
+        file_name="kidney_lab-predictions.csv",
         mime="text/csv", icon=":material/download:", on_click="ignore", key="compare-csv",
     )
 
@@ -618,20 +569,6 @@ def overlay_zip(rows: list[ScanRow], settings: Settings) -> bytes:
             for result in row.results:
                 picture = explain.overlay(row.scan, result.heatmap, settings.opacity, settings.colormap)
                 archive.writestr(f"{stem}/{result.model}-{result.method}-{result.target}.png", explain.to_png(picture))
-    return buffer.getvalue()
-
-
-def predictions_csv(rows: list[ScanRow], settings: Settings) -> str:
-    """One line per scan and run: the prediction, the class explained and every probability."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["scan", "run_id", "model", "method", "predicted", "explained_class",
-                     *[f"p_{label}" for label in CLASS_NAMES], "seconds"])
-    for row in rows:
-        for result in row.results:
-            writer.writerow([row.item.name, result.run_id, result.model, result.method, result.predicted,
-                             result.target, *[f"{result.probabilities[label]:.6f}" for label in CLASS_NAMES],
-                             f"{result.seconds:.4f}"])
     return buffer.getvalue()
 
 

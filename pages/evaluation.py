@@ -6,8 +6,9 @@ read and validated by :mod:`kidney_lab.evaluation.store`) through the library's 
 calibration), the ROC and precision-recall curves, :func:`~kidney_lab.evaluation.stats.mcnemar`
 for two runs, ``history.csv`` for the training curves and ``faithfulness.json`` for the heat
 maps. A run evaluated on another folder keeps that evaluation beside its test split; the page
-can start one (:func:`kidney_lab.evaluation.evaluate.evaluate`, run in this process with a
-spinner). Links carry the run in the URL (``?run=...&source=...``), so the Leaderboard's
+can start one as a background job (``python -m kidney_lab evaluate RUN --data DIR``, see
+:func:`kidney_lab.training.jobs.start_evaluate_job`), shows its progress from the job's files
+while it runs (leaving the page does not stop it) and opens its result when it ends. Links carry the run in the URL (``?run=...&source=...``), so the Leaderboard's
 "Open in Evaluation" and a shared link open the same view.
 """
 
@@ -24,6 +25,7 @@ from kidney_lab import runs
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.evaluation import metrics
 from kidney_lab.evaluation import store
+from kidney_lab.training import jobs
 from pages import common
 
 ONE_RUN = "One run"
@@ -273,13 +275,28 @@ def one_run(catalogue: dict[str, dict[str, Any]]) -> None:
 
 
 def external_form(record: runs.RunRecord) -> None:
-    """Evaluate the run on another folder (stored beside its test results), then show it."""
-    with st.expander("Evaluate this run on another folder", icon=":material/create_new_folder:"):
+    """Evaluate the run on another folder in a background job (stored beside its test results).
+
+    While the run's newest evaluate job runs, its progress is drawn (refreshed every few
+    seconds) instead of the form; when a job this session watched ends, the page opens the
+    evaluation it stored.
+    """
+    base = common.workspace()
+    job = next(iter(jobs.evaluate_jobs(record.run_id, base)), None)
+    running = job is not None and job.is_active
+    with st.expander("Evaluate this run on another folder", icon=":material/create_new_folder:", expanded=running):
         st.caption(
             "Every image of a folder in the Kaggle layout (one sub-folder per class) is predicted by this run's "
             "saved model; the predictions and scores are stored in the run under the folder's fingerprint, so the "
-            "test results stay as they were. This can take a while for thousands of images."
+            "test results stay as they were. It runs in the background (leaving the page does not stop it) and can "
+            "take a while for thousands of images."
         )
+        if running:
+            live_evaluate_job(job.job_id, base)
+            return
+        if job is not None:
+            common.draw_evaluate_job(job, base)
+            open_result(job)
         choice = common.data_choice()
         with st.form("evaluation-external", border=False):
             field, button = st.columns([5, 1], vertical_alignment="bottom")
@@ -288,19 +305,36 @@ def external_form(record: runs.RunRecord) -> None:
             submitted = button.form_submit_button("Evaluate", type="primary", icon=":material/play_arrow:")
         if not submitted:
             return
-        if not folder.strip():
-            st.error("Type the path of a folder to evaluate first.")
-            return
-        from kidney_lab.evaluation.evaluate import evaluate
-
-        with st.spinner(f"Evaluating {record.run_id} on {folder.strip()}: loading the model and predicting every image ..."):
-            result = evaluate(record.path, data=folder.strip())
-        st.session_state["evaluation_pending"] = {"evaluation_source": result["evaluated_on"]}
-        st.session_state["evaluation_done"] = (
-            f"Evaluated on {result['images']:,} images of {result.get('data')}: accuracy {result['accuracy']:.3f}; "
-            "shown below."
-        )
+        started = jobs.start_evaluate_job(record.path, folder, base)
+        st.session_state["evaluation_watching"] = started.job_id
         st.rerun()
+
+
+@st.fragment(run_every=common.REFRESH_SECONDS)
+def live_evaluate_job(job_id: str, base: Path) -> None:
+    """An evaluate job's progress, read again from its files every few seconds; the whole page
+    is drawn again when it ends (to show its result)."""
+    job = jobs.read_job(job_id, base)
+    common.draw_evaluate_job(job, base)
+    if not job.is_active:
+        st.rerun()
+
+
+def open_result(job: jobs.JobRecord) -> None:
+    """Once, when a job started or watched in this session has ended: pick the evaluation it
+    stored and say so above the scores."""
+    if st.session_state.get("evaluation_watching") != job.job_id:
+        return
+    del st.session_state["evaluation_watching"]
+    result = job.result()
+    if result is None:
+        return
+    st.session_state["evaluation_pending"] = {"evaluation_source": result["evaluated_on"]}
+    st.session_state["evaluation_done"] = (
+        f"Evaluated on {result['images']:,} images of {result.get('data')}: accuracy {result['accuracy']:.3f}; "
+        "shown below."
+    )
+    st.rerun()
 
 
 def draw_summary(evaluation: dict[str, Any], scores: dict[str, Any], stored: dict[str, Any]) -> None:

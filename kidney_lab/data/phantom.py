@@ -64,6 +64,8 @@ _KIDNEYS_LESION_SCALE = 1.4
 MASKS_FOLDER_NAME = "masks"
 # The file next to the dataset folder that records how the phantoms were made.
 PARAMETERS_FILE_NAME = "phantoms.json"
+# What that file's "generator" field says: the mark of a phantom set made here.
+GENERATOR_NAME = "kidney_lab.data.phantom"
 
 AIR_HU = -1000.0
 
@@ -201,7 +203,7 @@ def write_phantom_dataset(
     fileio.atomic_write_json(
         parameters_path,
         {
-            "generator": "kidney_lab.data.phantom",
+            "generator": GENERATOR_NAME,
             "generator_version": GENERATOR_VERSION,
             "per_class": per_class,
             "size": size,
@@ -215,6 +217,42 @@ def write_phantom_dataset(
         },
     )
     return dataset
+
+
+def phantom_root(folder: str | os.PathLike[str] | None) -> Path | None:
+    """The folder of the phantom set that ``folder`` is, or ``None`` when it is not phantom data.
+
+    This is kidney_lab's one answer to "is this phantom data": a set written by
+    :func:`write_phantom_dataset` has a complete ``phantoms.json`` (written last) whose
+    ``generator`` is :data:`GENERATOR_NAME`, in its own folder, next to its dataset folder.
+
+    Args:
+        folder: The set's folder (``out`` of :func:`write_phantom_dataset`) or its dataset
+            folder (the one holding the class folders, as a run's ``data_root`` names it);
+            ``None``, ``""`` or anything not a path (a run that records no data folder) is
+            not phantom data.
+
+    Returns:
+        The set's folder, absolute, or ``None``: no such file there, or unreadable, or written
+        by something else.
+    """
+    if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
+        return None
+    start = Path(folder).expanduser().resolve()
+    for candidate in (start, start.parent):
+        try:
+            parameters = fileio.read_json(candidate / PARAMETERS_FILE_NAME)
+        except (OSError, ValueError):
+            continue
+        if isinstance(parameters, dict) and parameters.get("generator") == GENERATOR_NAME:
+            return candidate
+    return None
+
+
+def is_phantom_data(folder: str | os.PathLike[str] | None) -> bool:
+    """True when ``folder`` is a phantom set made by kidney_lab or its dataset folder (see
+    :func:`phantom_root`), such as a run's ``data_root`` for a run trained on the demo."""
+    return phantom_root(folder) is not None
 
 
 def mask_path_for(image_path: str | os.PathLike[str]) -> Path | None:

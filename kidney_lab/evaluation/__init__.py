@@ -15,8 +15,7 @@ module, which the training engine uses.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kidney_lab import lazy
 
 _EXPORTS = {
     "evaluate_run": "evaluate",
@@ -42,8 +41,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy.attributes(__name__, _EXPORTS)

@@ -125,7 +125,7 @@ def _data_section(info: runs.RunInfo) -> list[str]:
     lines = ["## Data", ""]
     lines.append(f"- Folder: `{info.data_root}`")
     lines.append(f"- Fingerprint: `{info.dataset_fingerprint}`, {_number(info.dataset_images)} images")
-    if _is_phantom(info):
+    if phantom.is_phantom_data(info.data_root):
         lines.append("- Kind: synthetic phantoms made by kidney_lab (not patient scans)")
     lines += ["", "## Split", ""]
     try:
@@ -275,7 +275,7 @@ def _limits_section(
     external: list[tuple[str, dict[str, Any] | None, str | None]],
 ) -> list[str]:
     lines = ["## Limits", ""]
-    if _is_phantom(info):
+    if phantom.is_phantom_data(info.data_root):
         lines.append(
             "- Trained and tested on synthetic phantoms: scores say how well the model separates "
             "drawn lesions, not how it would do on patient scans (evaluate it on real slices "
@@ -310,17 +310,6 @@ def _limits_section(
                  "(compare runs with McNemar's test on the same images).")
     lines.append("- For research and teaching only, never for diagnosis (see Intended use).")
     return lines + [""]
-
-
-def _is_phantom(info: runs.RunInfo) -> bool:
-    root = info.data_root
-    if not root:
-        return False
-    try:
-        parameters = fileio.read_json(Path(root).parent / phantom.PARAMETERS_FILE_NAME)
-    except (OSError, ValueError):
-        return False
-    return isinstance(parameters, dict) and parameters.get("generator") == "kidney_lab.data.phantom"
 
 
 def _score(value: Any) -> str:

@@ -12,24 +12,31 @@ is drawn in RGB, and is measured against the phantoms' lesion masks.
 - :mod:`kidney_lab.explain.faithfulness`: pointing game, energy in the lesion mask, deletion and
   insertion curves, and the model-randomisation sanity check.
 
-The names the app uses are re-exported here.
+The names the app uses are importable from the package itself (``from kidney_lab.explain
+import explain, overlay``), resolved on first use as in :mod:`kidney_lab.evaluation`, so that
+importing the package, or its light modules (``compare``'s choices, ``render``), loads no
+TensorFlow.
 """
 
-from kidney_lab.explain.cam import METHODS, Explainer, Explanation, clear_cache, load_explainer
-from kidney_lab.explain.compare import ExplainReport, explain
-from kidney_lab.explain.faithfulness import evaluate_faithfulness
-from kidney_lab.explain.render import COLORMAPS, overlay, to_png
+from __future__ import annotations
 
-__all__ = [
-    "COLORMAPS",
-    "METHODS",
-    "ExplainReport",
-    "Explainer",
-    "Explanation",
-    "clear_cache",
-    "evaluate_faithfulness",
-    "explain",
-    "load_explainer",
-    "overlay",
-    "to_png",
-]
+from kidney_lab import lazy
+
+_EXPORTS = {
+    "METHODS": "cam",
+    "Explainer": "cam",
+    "Explanation": "cam",
+    "clear_cache": "cam",
+    "load_explainer": "cam",
+    "ExplainReport": "compare",
+    "explain": "compare",
+    "evaluate_faithfulness": "faithfulness",
+    "COLORMAPS": "render",
+    "overlay": "render",
+    "to_png": "render",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__ = lazy.attributes(__name__, _EXPORTS)

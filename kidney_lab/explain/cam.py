@@ -827,8 +827,7 @@ def load_explainer(run_dir: str | os.PathLike[str], method: str = "gradcam") -> 
     method = check_method(method)
     folder = runs.resolve_run(run_dir)
     try:
-        stat = (folder / runs.MODEL_FILE).stat()
-        model_key = (str(folder), stat.st_mtime_ns, stat.st_size)
+        model_key = runs.model_key(folder)
     except OSError:
         return build_explainer(load_run(folder), method)  # load_run raises the reason.
     key = (*model_key, method)

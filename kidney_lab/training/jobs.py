@@ -1,12 +1,14 @@
-"""Background training jobs: one ``python -m kidney_lab train`` (or ``demo``) process per job.
+"""Background jobs: one ``python -m kidney_lab train``, ``demo`` or ``evaluate`` process per job.
 
 A job runs in its own process and session, so it outlives the page or command that started
 it; closing the browser or restarting the app does not stop it. Its record lives in
 ``<workspace>/jobs/<job_id>/``: ``job.json`` (job id, kind, study id, argv, pid and process
 start time, host, times, state, exit code when known, and what the caller added, such as the
 models it trains) and ``job.log`` (its stdout and stderr). The kind is the command the job runs:
-``train`` (the Train page) or ``demo`` (the Home page's demo study); both take ``--study-id``, so
-the runs a job makes are found by its study id.
+``train`` (the Train page) or ``demo`` (the Home page's demo study), the training kinds, which
+take ``--study-id`` so that the runs a job makes are found by its study id; or ``evaluate`` (the
+Evaluation page's "another folder", see :func:`start_evaluate_job`), which writes what the
+command's ``--json`` writes to ``result.json`` in the job folder (:meth:`JobRecord.result`).
 
 A job's state is worked out when it is read: running while its process is alive (the pid and
 the process start time both match), else finished, failed or cancelled. The exit code is known
@@ -46,10 +48,17 @@ from kidney_lab.workspace import default_workspace, inside, prepare_workspace
 JOBS_FOLDER = "jobs"
 JOB_FILE = "job.json"
 JOB_LOG_FILE = "job.log"
+# What the command of a job that reports a result (see RESULT_KINDS) writes with --json.
+JOB_RESULT_FILE = "result.json"
 LOCK_FILE = "train.lock"
 JOB_ID_PATTERN = re.compile(r"job-\d{8}-\d{6}-[0-9a-f]{6}")
-# The commands a job may run; each takes --study-id and --workspace.
-JOB_KINDS = ("train", "demo")
+# The commands a job may run; each takes --workspace.
+JOB_KINDS = ("train", "demo", "evaluate")
+# The kinds that train a study: they take --study-id, hold the training lock, and are what
+# list_jobs lists unless asked for other kinds.
+TRAINING_KINDS = ("train", "demo")
+# The kinds whose result start_job asks for with --json JOB_RESULT_FILE.
+RESULT_KINDS = ("evaluate",)
 
 RUNNING = "running"
 FINISHED = "finished"
@@ -62,7 +71,7 @@ DEFAULT_GRACE_SECONDS = 10.0
 _KILL_WAIT_SECONDS = 5.0
 _POLL_SECONDS = 0.05
 # Arguments that start_job adds itself; a caller passing them would contradict it.
-_RESERVED_ARGUMENTS = ("--study-id", "--workspace")
+_RESERVED_ARGUMENTS = ("--study-id", "--workspace", "--json")
 # job.json fields that start_job writes itself; ``details`` may not replace them.
 _RESERVED_FIELDS = frozenset(
     {"job_id", "kind", "study_id", "argv", "workspace", "host", "started", "pid", "pid_start",
@@ -75,7 +84,7 @@ _children_lock = threading.Lock()
 
 
 class JobError(KidneyLabError):
-    """A training job cannot be started, found or stopped."""
+    """A job cannot be started, found or stopped."""
 
 
 class LockTimeout(JobError):
@@ -106,12 +115,12 @@ class JobRecord:
 
     @property
     def study_id(self) -> str | None:
-        """The study id given to the training command; its runs carry it."""
+        """The study id given to the training command; its runs carry it (None for an evaluate job)."""
         return self.info.get("study_id")
 
     @property
     def kind(self) -> str:
-        """The command the job runs: ``train`` or ``demo`` (jobs written before kinds: train)."""
+        """The command the job runs: one of :data:`JOB_KINDS` (jobs written before kinds: train)."""
         return self.info.get("kind") or "train"
 
     @property
@@ -147,6 +156,15 @@ class JobRecord:
     def log_tail(self, lines: int = 50) -> str:
         """The last ``lines`` lines of the job's log (``""`` before it has written any)."""
         return runs.read_log_tail(self.log_path, lines)
+
+    def result(self) -> dict[str, Any] | None:
+        """What the job's command reported with ``--json`` (kinds in :data:`RESULT_KINDS`), or
+        ``None`` while it runs, when it failed, or for a kind that reports none."""
+        try:
+            payload = read_json(self.path / JOB_RESULT_FILE)
+        except (OSError, ValueError):
+            return None
+        return payload if isinstance(payload, dict) else None
 
 
 def _workspace(workspace: str | os.PathLike[str] | None) -> Path:
@@ -237,18 +255,19 @@ def start_job(
 ) -> JobRecord:
     """Start ``python -m kidney_lab <kind> *train_args`` as a background job.
 
-    The process gets ``--study-id`` and ``--workspace`` appended, its own session (so it
-    survives the caller and can be signalled as a group), no stdin, and ``job.log`` for its
-    output.
+    The process gets ``--study-id`` (training kinds, :data:`TRAINING_KINDS`), ``--workspace``
+    and, for kinds that report a result (:data:`RESULT_KINDS`), ``--json`` with the job's
+    ``result.json`` appended; its own session (so it survives the caller and can be signalled
+    as a group), no stdin, and ``job.log`` for its output.
 
     Args:
-        train_args: Arguments of the command, without ``--study-id``/``--workspace``.
+        train_args: Arguments of the command, without ``--study-id``/``--workspace``/``--json``.
         workspace: The workspace (created if needed); the default one if ``None``.
         python: The Python interpreter to run.
-        command: A full argv to run instead of the training command (for tests).
-        kind: The command: ``train`` or ``demo`` (see :data:`JOB_KINDS`).
-        study_id: The study id to give the command; a new one if ``None`` (the demo passes
-            the id of an unfinished demo study to resume it).
+        command: A full argv to run instead of the kidney_lab command (for tests).
+        kind: The command: one of :data:`JOB_KINDS`.
+        study_id: The study id to give a training command; a new one if ``None`` (the demo
+            passes the id of an unfinished demo study to resume it). Not for other kinds.
         details: More JSON-serialisable fields for ``job.json``, such as ``models`` (the
             registry names the job trains), so that a page can show models not started yet.
 
@@ -263,9 +282,12 @@ def start_job(
         raise ConfigError("Training arguments must be a list of strings, such as ['--models', 'resnet50'].")
     for item in train_args:
         if item.split("=", 1)[0] in _RESERVED_ARGUMENTS:
-            raise ConfigError(f"Do not pass {item.split('=', 1)[0]} to a training job; start_job sets it.")
+            raise ConfigError(f"Do not pass {item.split('=', 1)[0]} to a job; start_job sets it.")
     if kind not in JOB_KINDS:
         raise ConfigError(f"Unknown job kind {kind!r}; use one of {', '.join(JOB_KINDS)}.")
+    trains = kind in TRAINING_KINDS
+    if study_id is not None and not trains:
+        raise ConfigError(f"A {kind} job trains no study; give a study id to training jobs only.")
     if study_id is not None and not runs.STUDY_ID_PATTERN.fullmatch(study_id):
         raise ConfigError(f"{study_id!r} is not a study id (like study-20260101-120000-ab12).")
     clashes = sorted(_RESERVED_FIELDS.intersection(details or {}))
@@ -273,14 +295,15 @@ def start_job(
         raise ConfigError(f"Job details may not set {', '.join(clashes)}; start_job writes them.")
     base = prepare_workspace(workspace)
     _reap()
-    study_id = study_id or runs.new_study_id()
+    study_id = (study_id or runs.new_study_id()) if trains else None
     job_id = new_job_id()
     folder = inside(base, JOBS_FOLDER, job_id)
     folder.mkdir(parents=True)
-    argv = list(command) if command is not None else [
-        python, "-m", "kidney_lab", kind, *train_args,
-        "--study-id", study_id, "--workspace", str(base),
-    ]
+    added = ["--study-id", study_id] if study_id is not None else []
+    added += ["--workspace", str(base)]
+    if kind in RESULT_KINDS:
+        added += ["--json", str(folder / JOB_RESULT_FILE)]
+    argv = list(command) if command is not None else [python, "-m", "kidney_lab", kind, *train_args, *added]
     environment = child_environment()
     environment["KIDNEY_LAB_WORKSPACE"] = str(base)
     info: dict[str, Any] = {
@@ -297,13 +320,55 @@ def start_job(
     except OSError as error:
         atomic_write_json(folder / JOB_FILE, {**info, "pid": None, "state": FAILED, "error": str(error)})
         raise JobError(
-            f"Could not start the training process {argv[0]!r}: {error.strerror or error}."
+            f"Could not start the {kind} process {argv[0]!r}: {error.strerror or error}."
         ) from None
     info.update(pid=process.pid, pid_start=runs.process_start_time(process.pid), state=RUNNING)
     atomic_write_json(folder / JOB_FILE, info)
     with _children_lock:
         _children[job_id] = (process, folder)
     return _read_job_folder(folder)
+
+
+def start_evaluate_job(
+    run: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    workspace: str | os.PathLike[str] | None = None,
+    python: str = sys.executable,
+) -> JobRecord:
+    """Start ``python -m kidney_lab evaluate RUN --data DATA`` as a background job.
+
+    What the job stores is what the command stores (the evaluation under
+    ``<run>/external/<fingerprint>/``); its ``--json`` result is the job's
+    :meth:`JobRecord.result`, and ``job.json`` records the run (``run_id``, ``run``) and the
+    folder (``data``), so a page finds the job of a run again after a restart.
+
+    Args:
+        run: The run folder, or a run id in ``workspace``.
+        data: The folder to evaluate (Kaggle layout, or a folder above it).
+        workspace: The workspace; the default one if ``None``.
+        python: The Python interpreter to run.
+
+    Raises:
+        kidney_lab.runs.RunNotFoundError: there is no such run.
+        ConfigError: ``data`` is empty or not an existing folder (nothing is started).
+        JobError: the process could not be started.
+    """
+    folder = runs.resolve_run(run, workspace)
+    text = os.fspath(data).strip()
+    if not text:
+        raise ConfigError("Type the path of a folder to evaluate first.")
+    target = Path(text).expanduser()
+    if not target.is_dir():
+        raise ConfigError(f"The folder {target} does not exist (or is not a folder); type the path of a "
+                          "dataset folder on the machine that runs kidney_lab.")
+    target = target.resolve()
+    return start_job([str(folder), "--data", str(target)], workspace, python, kind="evaluate",
+                     details={"run_id": folder.name, "run": str(folder), "data": str(target)})
+
+
+def evaluate_jobs(run_id: str, workspace: str | os.PathLike[str] | None = None) -> list[JobRecord]:
+    """The evaluate jobs of run ``run_id`` (see :func:`start_evaluate_job`), newest first."""
+    return [job for job in list_jobs(workspace, kinds=("evaluate",)) if job.info.get("run_id") == run_id]
 
 
 def _read_job_folder(folder: Path) -> JobRecord:
@@ -344,11 +409,21 @@ def read_job(job_id: str, workspace: str | os.PathLike[str] | None = None) -> Jo
     return _read_job_folder(folder)
 
 
-def list_jobs(workspace: str | os.PathLike[str] | None = None, active_only: bool = False) -> list[JobRecord]:
+def list_jobs(
+    workspace: str | os.PathLike[str] | None = None,
+    active_only: bool = False,
+    kinds: Iterable[str] = TRAINING_KINDS,
+) -> list[JobRecord]:
     """The jobs of a workspace, newest first; only the running ones with ``active_only``.
+
+    Args:
+        workspace: The workspace; the default one if ``None``.
+        active_only: Only the jobs whose process is alive.
+        kinds: The kinds to list (see :data:`JOB_KINDS`): the training jobs unless told.
 
     Job folders without a readable ``job.json`` (a job being started, or damaged) are skipped.
     """
+    wanted = frozenset(kinds)
     _reap()
     root = _workspace(workspace) / JOBS_FOLDER
     try:
@@ -363,7 +438,7 @@ def list_jobs(workspace: str | os.PathLike[str] | None = None, active_only: bool
             record = _read_job_folder(Path(entry.path))
         except JobError:
             continue
-        if active_only and not record.is_active:
+        if (active_only and not record.is_active) or record.kind not in wanted:
             continue
         records.append(record)
     records.sort(key=lambda record: (record.job_id[:19], record.started or ""), reverse=True)

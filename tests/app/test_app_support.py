@@ -109,7 +109,7 @@ def test_run_demo_uses_the_study_id_it_is_given(tmp_path):
 
 def test_job_kinds_and_details_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="Unknown job kind"):
-        jobs.start_job([], tmp_path, kind="evaluate")
+        jobs.start_job([], tmp_path, kind="explain")
     with pytest.raises(ConfigError, match="not a study id"):
         jobs.start_job([], tmp_path, study_id="../x")
     with pytest.raises(ConfigError, match="may not set pid"):

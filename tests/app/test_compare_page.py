@@ -20,6 +20,7 @@ from PIL import Image
 
 from kidney_lab import explain as explain_module
 from kidney_lab import runs
+from kidney_lab.data import phantom
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.models import registry
 from tests.app.helpers import texts
@@ -205,3 +206,14 @@ def test_a_run_with_measured_faithfulness_says_how_often_its_maps_hit_the_lesion
     app.segmented_control(key="compare-method").set_value("scorecam").run()
     _no_exception(app)
     assert not [caption for caption in app.caption if "lay in the lesion" in str(caption.value)]
+
+
+@pytest.mark.slow
+def test_runs_trained_on_phantoms_are_called_so_by_the_library_s_one_answer(open_app, tiny_study, monkeypatch):
+    app = open_app(tiny_study.workspace, page=PAGE)
+    _no_exception(app)
+    assert all("phantoms" in label for label in app.selectbox(key="compare-run-vit").options[1:])
+    monkeypatch.setattr(phantom, "phantom_root", lambda folder: None)
+    app = open_app(tiny_study.workspace, page=PAGE)
+    _no_exception(app)
+    assert not any("phantoms" in label for label in app.selectbox(key="compare-run-vit").options)

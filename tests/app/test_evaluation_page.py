@@ -13,7 +13,8 @@ from kidney_lab import runs
 from kidney_lab.evaluation import metrics
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
-from tests.app.helpers import texts
+from kidney_lab.training import jobs
+from tests.app.helpers import texts, wait_for
 
 PAGE = "pages/evaluation.py"
 MISSING_RUN = "20990101-000000-vit-abcdef"
@@ -156,6 +157,13 @@ def test_evaluating_another_folder_adds_an_evaluation(open_app, tiny_study, tmp_
 
     app.text_input[0].input(str(tiny_study.data))
     next(button for button in app.button if button.label == "Evaluate").click().run()
+    _no_exception(app)
+    # The evaluation runs in a background job; the page draws its progress, then its result.
+    (job,) = jobs.evaluate_jobs(run.name, workspace)
+    assert job.argv[3:6] == ["evaluate", str(run.resolve()), "--data"]
+    assert any("Evaluating on" in element.value for element in app.markdown)
+    wait_for(lambda: not jobs.read_job(job.job_id, workspace).is_active, 300, "the evaluate job's end")
+    app.run()
     _no_exception(app)
     assert not app.error, [element.value for element in app.error]
     sources = [item["source"] for item in store.list_evaluations(run)]

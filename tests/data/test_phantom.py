@@ -255,3 +255,42 @@ def test_kidneys_view_rejects_bad_arguments() -> None:
         phantom.make_phantom("Cyst", size=64, field_of_view="pelvis")
     with pytest.raises(errors.ConfigError, match="512"):
         phantom.make_phantom("Cyst", size=600, field_of_view="kidneys")
+
+
+def test_phantom_root_is_the_one_answer_to_is_this_phantom_data(tmp_path: Path, make_dataset_folder) -> None:
+    dataset = phantom.write_phantom_dataset(tmp_path / "set", per_class=1, size=32)
+    for folder in (tmp_path / "set", dataset, str(dataset)):
+        assert phantom.phantom_root(folder) == (tmp_path / "set").resolve()
+        assert phantom.is_phantom_data(folder)
+    # A class folder is not the set, and a plain dataset, a foreign phantoms.json, a damaged
+    # one, or a run that records no folder are not phantom data.
+    assert phantom.phantom_root(dataset / "Cyst") is None
+    plain = make_dataset_folder(per_class=1, root=tmp_path / "plain")
+    foreign = make_dataset_folder(per_class=1, root=tmp_path / "foreign")
+    (foreign.parent / phantom.PARAMETERS_FILE_NAME).write_text(json.dumps({"generator": "someone else"}))
+    damaged = make_dataset_folder(per_class=1, root=tmp_path / "damaged")
+    (damaged.parent / phantom.PARAMETERS_FILE_NAME).write_text("{not json")
+    for folder in (plain, foreign, damaged, tmp_path / "missing", None, "", 3):
+        assert phantom.phantom_root(folder) is None and not phantom.is_phantom_data(folder)
+
+
+def test_the_model_card_and_the_demo_ask_phantom_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kidney_lab import demo
+    from kidney_lab import runs
+    from kidney_lab import workspace as workspace_module
+    from kidney_lab.evaluation import model_card
+
+    dataset = phantom.write_phantom_dataset(tmp_path / workspace_module.DEMO_DATA_FOLDER, per_class=1, size=32)
+    study = runs.new_study_id()
+    run = runs.create_run(tmp_path, runs.new_run_id("vit"), {
+        "model": "vit", "study_id": study, "data_root": str(dataset), "workspace": str(tmp_path)})
+    # A folder beside the demo's whose name starts like it is not the demo's data.
+    lookalike = phantom.write_phantom_dataset(tmp_path / f"{workspace_module.DEMO_DATA_FOLDER}-old", per_class=1, size=32)
+    runs.create_run(tmp_path, runs.new_run_id("resnet50"), {
+        "model": "resnet50", "study_id": runs.new_study_id(), "data_root": str(lookalike)})
+    assert list(demo.demo_studies(tmp_path)) == [study]
+    assert "synthetic phantoms" in model_card.model_card(run)
+
+    monkeypatch.setattr(phantom, "phantom_root", lambda folder: None)
+    assert demo.demo_studies(tmp_path) == {}
+    assert "synthetic phantoms" not in model_card.model_card(run)

@@ -281,3 +281,45 @@ def test_cancel_token_needs_the_main_thread():
     thread.start()
     thread.join()
     assert len(errors) == 1 and "main thread" in str(errors[0])
+
+
+def test_an_evaluate_job_checks_its_input_before_it_starts(workspace, tmp_path):
+    with pytest.raises(runs.RunNotFoundError):
+        jobs.start_evaluate_job(tmp_path / "no-run", tmp_path)
+    run = runs.create_run(workspace, runs.new_run_id("vit"), {"model": "vit"})
+    for folder, message in (("  ", "Type the path"), (tmp_path / "nowhere", "does not exist")):
+        with pytest.raises(ConfigError, match=message):
+            jobs.start_evaluate_job(run, folder, workspace)
+    with pytest.raises(ConfigError, match="trains no study"):
+        jobs.start_job([], workspace, kind="evaluate", study_id=runs.new_study_id())
+    with pytest.raises(ConfigError, match="Do not pass --json"):
+        jobs.start_job(["--json", "x.json"], workspace, kind="evaluate")
+    assert jobs.list_jobs(workspace, kinds=jobs.JOB_KINDS) == []
+
+
+@pytest.mark.slow
+def test_an_evaluate_job_runs_the_evaluate_command_and_reports_its_result(workspace, tiny_study):
+    run = Path(shutil.copytree(tiny_study.runs["vit"], workspace / tiny_study.runs["vit"].name))
+    job = jobs.start_evaluate_job(run.name, tiny_study.data, workspace)
+    assert job.kind == "evaluate" and job.study_id is None and job.is_active
+    assert job.argv[1:] == ["-m", "kidney_lab", "evaluate", str(run.resolve()), "--data", str(tiny_study.data.resolve()),
+                            "--workspace", str(workspace.resolve()), "--json", str(job.path / jobs.JOB_RESULT_FILE)]
+    assert (job.info["run_id"], job.info["data"]) == (run.name, str(tiny_study.data.resolve()))
+    # One mechanism: the job is found, polled and listed like a training job, but listed only
+    # when evaluate jobs are asked for (the Train page and the sidebar list training jobs).
+    assert [record.job_id for record in jobs.evaluate_jobs(run.name, workspace)] == [job.job_id]
+    assert jobs.list_jobs(workspace) == []
+    assert job.result() is None
+    _wait_for(lambda: not jobs.read_job(job.job_id, workspace).is_active, seconds=300)
+    # A process with many threads (TensorFlow's) shows as a zombie a moment before its exit
+    # code can be collected; this process started the job, so the code comes soon after.
+    _wait_for(lambda: jobs.read_job(job.job_id, workspace).returncode is not None, seconds=30)
+    done = jobs.read_job(job.job_id, workspace)
+    assert (done.state, done.returncode) == (jobs.FINISHED, 0), done.log_tail()
+    result = done.result()
+    from kidney_lab.evaluation import store
+
+    stored = {item["source"]: item for item in store.list_evaluations(run)}
+    assert result["evaluated_on"] in stored and result["evaluated_on"] != store.TEST_SOURCE
+    assert result["images"] == stored[result["evaluated_on"]]["images"]
+    assert result["accuracy"] == store.load_metrics(run, result["evaluated_on"])["accuracy"]
