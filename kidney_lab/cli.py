@@ -271,7 +271,26 @@ def _format_study(result) -> str:
             peak = read_run(outcome.path).info.peak_rss_mb
             if peak is not None:
                 score += f", peak memory {peak:.0f} MB while training"
-        lines.append(f"  {outcome.model:<15} {outcome.status:<10} {score or outcome.error or ''}  {outcome.path}")
+        fold = read_run(outcome.path).info.fold
+        label = outcome.model if fold is None else f"{outcome.model} f{fold}"
+        lines.append(f"  {label:<15} {outcome.status:<10} {score or outcome.error or ''}  {outcome.path}")
+    if result.cv_folds is not None:
+        lines.append(f"{result.cv_folds}-fold grouped cross-validation, out-of-fold predictions pooled:")
+        for entry in result.pooled:
+            if not entry.get("complete"):
+                waiting = [str(run["fold"]) for run in entry["runs"] if run["status"] != "completed"]
+                lines.append(f"  {entry['model']:<15} waiting for fold(s) {', '.join(waiting)}")
+                continue
+            low, high = entry["macro_f1_interval"]
+            spread = "" if entry.get("macro_f1_sd") is None else f" ± {entry['macro_f1_sd']:.3f}"
+            lines.append(
+                f"  {entry['model']:<15} macro F1 {entry['macro_f1']:.3f} [{low:.3f}, {high:.3f}] "
+                f"(95% interval resampling {entry['clusters']} clusters) on {entry['images']} images; "
+                f"folds {entry['macro_f1_mean']:.3f}{spread}  {entry['metrics']}"
+            )
+        warnings = next((entry.get("warnings") for entry in result.pooled if entry.get("warnings")), None)
+        for warning in warnings or []:
+            lines.append(f"  warning: {warning}")
     return "\n".join(lines)
 
 

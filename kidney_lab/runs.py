@@ -61,6 +61,8 @@ CALIBRATION_FILE = "calibration.json"
 DETECTOR_FILE = "ood_detector.json"
 # The result of a cross-validation (pooled out-of-fold scores, per-fold scores).
 CV_FILE = "cv.json"
+# Under the workspace: pooled cross-validation results, one folder per study and model.
+CV_FOLDER = "cv"
 
 # The evaluation of the run's own test split; an external folder's is named by its fingerprint.
 TEST_SOURCE = "test"
@@ -150,6 +152,9 @@ class RunInfo:
         train_seconds: Wall time of training (seconds).
         epochs_trained, best_epoch, kept_epoch: Epochs trained, the kept epoch's number and
             its logs.
+        cv_id, fold, folds: For a fold of a grouped K-fold cross-validation: the stored fold
+            plan's id (:mod:`kidney_lab.data.folds`), this run's fold (0-based) and K; None
+            for a run trained on an ordinary split.
         peak_rss_mb, rss_start_mb, peak_rss_measure: Peak and starting resident memory (MiB)
             and how the peak was measured.
         extra: Keys this version does not know, and known keys whose value had the wrong type,
@@ -201,6 +206,9 @@ class RunInfo:
     peak_rss_mb: float | None = None
     rss_start_mb: float | None = None
     peak_rss_measure: str | None = None
+    cv_id: str | None = None
+    fold: int | None = None
+    folds: int | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     problems: tuple[str, ...] = ()
 
@@ -459,6 +467,46 @@ def detector_path(run_dir: str | os.PathLike[str]) -> Path:
 def cv_path(folder: str | os.PathLike[str]) -> Path:
     """The cross-validation result ``cv.json`` in ``folder`` (the folder of that cross-validation)."""
     return Path(folder) / CV_FILE
+
+
+def cv_results_root(workspace: str | os.PathLike[str]) -> Path:
+    """Where the pooled results of cross-validations live: ``<workspace>/cv/``."""
+    return Path(workspace) / CV_FOLDER
+
+
+def cv_result_folder(workspace: str | os.PathLike[str], study_id: str, model: str) -> Path:
+    """The folder of one model's pooled cross-validation in one study:
+    ``<workspace>/cv/<study_id>/<model>/``, holding ``cv.json`` (the folds, their runs and
+    scores), ``predictions.csv`` (the out-of-fold predictions, every image once) and
+    ``metrics.json`` (computed from that table).
+
+    Raises:
+        RunError: ``study_id`` is not a study id or ``model`` not a registry-style name.
+    """
+    if not isinstance(study_id, str) or not STUDY_ID_PATTERN.fullmatch(study_id):
+        raise RunError(f"{study_id!r} is not a study id (they look like study-20261126-101512-7c2e).")
+    if not isinstance(model, str) or not _MODEL_NAME_PATTERN.fullmatch(model):
+        raise RunError(f"{model!r} is not a model's registry name.")
+    return cv_results_root(workspace) / study_id / model
+
+
+def list_cv_results(workspace: str | os.PathLike[str]) -> list[Path]:
+    """Every pooled cross-validation folder (one per study and model) that has a ``cv.json``,
+    newest study first."""
+    root = cv_results_root(workspace)
+    found: list[Path] = []
+    try:
+        studies = sorted(os.scandir(root), key=lambda entry: entry.name, reverse=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for study in studies:
+        if not STUDY_ID_PATTERN.fullmatch(study.name) or not study.is_dir(follow_symlinks=False):
+            continue
+        for entry in sorted(os.scandir(study.path), key=lambda entry: entry.name):
+            if _MODEL_NAME_PATTERN.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                if cv_path(entry.path).is_file():
+                    found.append(Path(entry.path))
+    return found
 
 
 def check_source(source: str) -> str:

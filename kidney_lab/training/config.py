@@ -149,6 +149,9 @@ class TrainConfig:
         workspace: where runs go; None means :func:`workspace.default_workspace`.
         study_id: use this study id (the job runner passes one) instead of a new one.
         cache_images: keep decoded, resized images in memory after the first epoch.
+        cv: K of a grouped K-fold cross-validation (:mod:`kidney_lab.data.folds`); None trains
+            on one split.
+        fold: with ``cv``, train only this fold (0-based); None trains every fold.
 
     Raises:
         kidney_lab.errors.ConfigError: a value out of its bounds or choices, an unknown model,
@@ -191,6 +194,16 @@ class TrainConfig:
     test_fraction: float = _option(0.15, flag="--test-fraction", kind="float",
                                    help="share of the images for test (as in data split)")
     patience: int = _option(5, flag="--patience", kind="int", minimum=1, help="early-stopping patience in epochs")
+    cv: int | None = _option(
+        None, flag="--cv", kind="int", minimum=2, maximum=20, label="Cross-validation folds (K)", step=1,
+        help="grouped K-fold cross-validation: train every model K times, each fold holding out whole "
+             "near-duplicate clusters (roughly CT series), stratified by class; 5 is usual",
+        default_note="no cross-validation: one grouped or random split")
+    fold: int | None = _option(
+        None, flag="--fold", kind="int", minimum=0, maximum=19,
+        help="with --cv: train only this fold (0-based), so that folds can be spread over machines; "
+             "the pooled result assembles when every fold exists",
+        default_note="every fold")
     head_epochs: int | None = None
     batchnorm_momentum: float = 0.9
     mixed_precision: bool | None = _option(None, flag="--mixed-precision", kind="switch", choices=SWITCH_NOTES,
@@ -225,6 +238,17 @@ class TrainConfig:
             from kidney_lab.training import distribute
 
             distribute.check_strategy_name(self.strategy)
+        if self.fold is not None and self.cv is None:
+            raise errors.ConfigError("--fold picks one fold of a cross-validation; give --cv K with it.")
+        if self.fold is not None and self.fold >= self.cv:
+            raise errors.ConfigError(
+                f"--fold {self.fold} does not exist with --cv {self.cv}; folds are numbered 0 to {self.cv - 1}."
+            )
+        if self.cv is not None and self.split == "random":
+            raise errors.ConfigError(
+                "--cv holds out whole near-duplicate clusters, so it cannot use --split random; "
+                "leave --split out (cross-validation folds are always grouped)."
+            )
         if self.study_id is not None and not runs.STUDY_ID_PATTERN.fullmatch(self.study_id):
             raise errors.ConfigError(f"{self.study_id!r} is not a study id (like study-20260101-120000-ab12).")
 

@@ -56,8 +56,10 @@ from kidney_lab import workspace as workspace_module
 from kidney_lab.data import audit as audit_module
 from kidney_lab.data import classes
 from kidney_lab.data import discover
+from kidney_lab.data import folds as folds_module
 from kidney_lab.data import pipeline
 from kidney_lab.data import split as split_module
+from kidney_lab.evaluation import cv as cv_module
 from kidney_lab.evaluation import evaluate as evaluate_module
 from kidney_lab.models import registry
 from kidney_lab.training import callbacks as training_callbacks
@@ -94,6 +96,8 @@ class TrainResult:
     study_id: str
     split_id: str
     runs: tuple[RunOutcome, ...]
+    cv_folds: int | None = None
+    pooled: tuple[dict[str, Any], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -116,6 +120,23 @@ class TrainResult:
                 }
                 for outcome in self.runs
             ],
+            **({} if self.cv_folds is None else {"cv": self._cv_dict()}),
+        }
+
+    def _cv_dict(self) -> dict[str, Any]:
+        """The ``cv`` entry of ``train --json``: the fold runs and each model's pooled result."""
+        fold_of = {outcome.run_id: runs.read_run(outcome.path).info.fold for outcome in self.runs}
+        keys = ("model", "predictions", "metrics", "images", "macro_f1", "macro_f1_interval",
+                "folds_macro_f1", "macro_f1_mean", "macro_f1_sd", "complete")
+        return {
+            "folds": self.cv_folds,
+            "cv_id": self.split_id,
+            "runs": [
+                {"model": outcome.model, "fold": fold_of[outcome.run_id], "run_id": outcome.run_id,
+                 "path": str(outcome.path.resolve()), "status": outcome.status}
+                for outcome in self.runs
+            ],
+            "pooled": [{key: entry.get(key) for key in keys} for entry in self.pooled],
         }
 
 
@@ -170,30 +191,49 @@ def _train_study(
     scan = discover.scan_dataset(config.data, cache=workspace / workspace_module.CACHE_FOLDER)
     _check_classes(scan)
     report = audit_module.audit_dataset(scan)
-    data_split, _ = split_module.get_or_make_split(
-        report,
-        workspace,
-        config.split,
-        seed=config.seed,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-    )
-    _check_split(data_split)
-    command_key = _command_key(config, scan.fingerprint, data_split.split_id)
-    study_id, existing = _find_resumable_study(workspace, command_key, config.study_id)
+    plan = None
+    if config.cv is None:
+        data_split, _ = split_module.get_or_make_split(
+            report,
+            workspace,
+            config.split,
+            seed=config.seed,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+        )
+        _check_split(data_split)
+        fold_splits: list[tuple[int | None, split_module.Split]] = [(None, data_split)]
+        split_id = data_split.split_id
+    else:
+        plan, _ = folds_module.get_or_make_plan(
+            report, workspace, config.cv, seed=config.seed, val_fraction=config.val_fraction
+        )
+        chosen = range(plan.folds) if config.fold is None else [config.fold]
+        fold_splits = [(fold, plan.split(fold)) for fold in chosen]
+        for _, fold_split in fold_splits:
+            _check_split(fold_split)
+        split_id = plan.cv_id
+    command_key = _command_key(config, scan.fingerprint, split_id)
+    wanted = [(name, fold) for name in config.models for fold, _ in fold_splits]
+    every = [(name, fold) for name in config.models for fold in (range(plan.folds) if plan else [None])]
+    study_id, existing = _find_resumable_study(workspace, command_key, config.study_id, wanted, every)
     study_id = study_id or config.study_id or runs.new_study_id()
 
-    planned: list[tuple[str, Path, bool]] = []
-    for name in config.models:
-        record = existing.get(name)
+    # Every fold of one model before the next model: the folds of an architecture train one after
+    # the other in the same process, which keeps what Keras and TensorFlow cache between them.
+    planned: list[tuple[str, Path, bool, split_module.Split]] = []
+    splits_by_fold = dict(fold_splits)
+    for name, fold in wanted:
+        fold_split = splits_by_fold[fold]
+        record = existing.get((name, fold))
         if record is not None:
-            planned.append((record.run_id, record.path, record.state == runs.COMPLETED))
+            planned.append((record.run_id, record.path, record.state == runs.COMPLETED, fold_split))
             if record.state != runs.COMPLETED:
                 runs.write_status(record.path, {"state": runs.QUEUED, "phase": "queued", "resumed": True})
             continue
         run_id = runs.new_run_id(name)
-        info = _run_info(config, name, run_id, study_id, command_key, scan, data_split, workspace)
-        planned.append((run_id, runs.create_run(workspace, run_id, info), False))
+        info = _run_info(config, name, run_id, study_id, command_key, scan, fold_split, workspace)
+        planned.append((run_id, runs.create_run(workspace, run_id, info), False, fold_split))
 
     own_token = token is None
     token = token or jobs.CancelToken()
@@ -201,7 +241,7 @@ def _train_study(
         token.install()
     outcomes: list[RunOutcome] = []
     try:
-        waiting = [path for _, path, done in planned if not done]
+        waiting = [path for _, path, done, _ in planned if not done]
         try:
             lock = jobs.training_lock(
                 workspace,
@@ -209,23 +249,29 @@ def _train_study(
                 cancel_token=token,
             ) if take_lock else contextlib.nullcontext()
             with lock:
-                for run_id, path, done in planned:
+                for run_id, path, done, fold_split in planned:
                     if token.cancelled:
                         break
                     outcomes.append(
                         _finished_outcome(run_id, path)
                         if done
-                        else _train_run(config, run_id, path, data_split, listener, token)
+                        else _train_run(config, run_id, path, fold_split, listener, token)
                     )
         except jobs.Cancelled:
             pass
-        for run_id, path, _ in planned[len(outcomes):]:
+        for run_id, path, _, _ in planned[len(outcomes):]:
             runs.mark_finished(path, runs.CANCELLED, error="cancelled before it started")
             outcomes.append(_finished_outcome(run_id, path))
     finally:
         if own_token:
             token.uninstall()
-    return TrainResult(study_id=study_id, split_id=data_split.split_id, runs=tuple(outcomes))
+    pooled: tuple[dict[str, Any], ...] = ()
+    if plan is not None and distribute.is_chief(config.strategy):
+        pooled = tuple(cv_module.pool_study(workspace, study_id, plan))
+    return TrainResult(
+        study_id=study_id, split_id=split_id, runs=tuple(outcomes),
+        cv_folds=None if plan is None else plan.folds, pooled=pooled,
+    )
 
 
 def _train_run(
@@ -690,24 +736,37 @@ def _class_weights(frame: pd.DataFrame) -> dict[int, float]:
 def _command_key(config: config_module.TrainConfig, fingerprint: str, split_id: str) -> str:
     """Identifies "the same command" for resuming: everything that shapes the trained models."""
     settings = config.to_dict()
-    for volatile in ("workspace", "study_id", "data"):
+    # The fold is left out so that `--fold I` of one cross-validation joins the study of the others;
+    # cv is left out when unset so that commands written before it existed keep their key.
+    for volatile in ("workspace", "study_id", "data", "fold"):
         settings.pop(volatile)
+    if settings["cv"] is None:
+        settings.pop("cv")
     return fileio.short_hash(fingerprint, split_id, repr(sorted(settings.items())), length=16)
 
 
 def _find_resumable_study(
-    workspace: Path, command_key: str, study_id: str | None
-) -> tuple[str | None, dict[str, runs.RunRecord]]:
-    """The newest unfinished study of the same command, and its runs by model name."""
-    studies: dict[str, dict[str, runs.RunRecord]] = {}
+    workspace: Path,
+    command_key: str,
+    study_id: str | None,
+    wanted: list[tuple[str, int | None]],
+    every: list[tuple[str, int | None]],
+) -> tuple[str | None, dict[tuple[str, int | None], runs.RunRecord]]:
+    """The newest unfinished study of the same command, and its runs by (model, fold).
+
+    A study is unfinished while one of ``every`` (model, fold) pair it should hold is missing or
+    not completed (the fold is None outside cross-validation). A study that another process is
+    training blocks only a call that would train the same (model, fold); ``train --fold I`` on
+    another fold of it joins it.
+    """
+    studies: dict[str, dict[tuple[str, int | None], runs.RunRecord]] = {}
     for record in runs.list_runs(workspace, study_id=study_id):
         if record.info.command_key == command_key and record.study_id and record.model:
-            studies.setdefault(record.study_id, {}).setdefault(record.model, record)
+            studies.setdefault(record.study_id, {}).setdefault((record.model, record.info.fold), record)
     for candidate, members in studies.items():
-        states = {record.state for record in members.values()}
-        if states <= {runs.COMPLETED}:
+        if all(key in members and members[key].state == runs.COMPLETED for key in every):
             continue
-        busy = [record for record in members.values() if record.state in runs.ACTIVE_STATES]
+        busy = [members[key] for key in wanted if key in members and members[key].state in runs.ACTIVE_STATES]
         if busy:
             raise runs.RunBusyError(
                 f"Study {candidate} is being trained by process {busy[0].status.get('pid')}; "
@@ -745,6 +804,9 @@ def _run_info(
         "split_id": data_split.split_id,
         "split_strategy": data_split.strategy,
         "split_counts": data_split.counts,
+        "cv_id": data_split.cv_id,
+        "fold": data_split.fold,
+        "folds": data_split.folds,
         "test_with_duplicate_in_train": data_split.leakage("test")["exact_or_near"],
         "weights_requested": config.weights,
         "host": socket.gethostname(),
