@@ -94,7 +94,11 @@ class BestCheckpoint(keras.callbacks.Callback):
 def save_atomically(model: keras.Model, path: str | os.PathLike[str]) -> None:
     """Save ``model`` to ``path`` through a temporary file in its folder.
 
-    A ``.weights.h5`` path gets the weights only, any other (``.keras``) the whole model.
+    A ``.weights.h5`` path gets the weights only, any other (``.keras``) the model for inference:
+    its architecture and weights without the optimizer's state (Adam's two moments per weight
+    would triple ResNet50's file). Resuming reads the optimizer from the ``backup/`` folder of
+    ``keras.callbacks.BackupAndRestore``, never from ``model.keras``, and the model is loaded
+    with ``compile=False``.
     """
     destination = Path(path)
     weights_only = destination.name.endswith(_WEIGHTS_SUFFIX)
@@ -106,7 +110,12 @@ def save_atomically(model: keras.Model, path: str | os.PathLike[str]) -> None:
         if weights_only:
             model.save_weights(temporary)
         else:
-            model.save(temporary)
+            optimizer = getattr(model, "optimizer", None)
+            model.optimizer = None
+            try:
+                model.save(temporary)
+            finally:
+                model.optimizer = optimizer
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)

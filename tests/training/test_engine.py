@@ -391,3 +391,23 @@ def test_phases_are_the_head_then_fine_tuning_with_pretrained_weights(
     assert [(phase.name, phase.first_epoch, phase.last_epoch, phase.backbone_trainable) for phase in phases] == [
         (name, first, last, trainable) for name, first, last, _, trainable in planned]
     assert [phase.learning_rate for phase in phases] == pytest.approx([rate for *_, rate, _ in planned])
+
+
+def test_the_kept_model_holds_no_optimizer_state(finished) -> None:
+    """model.keras is for inference: Adam's moments live only in backup/ while training."""
+    import io
+    import zipfile
+
+    import h5py
+
+    result, _, _ = finished
+    with zipfile.ZipFile(result.runs[0].path / runs.MODEL_FILE) as archive:
+        weights = io.BytesIO(archive.read("model.weights.h5"))
+    with h5py.File(weights, "r") as store:
+        optimizer_variables: list[str] = []
+        if "optimizer" in store:
+            store["optimizer"].visit(optimizer_variables.append)
+        layer_variables: list[str] = []
+        store["layers"].visit(layer_variables.append)
+    assert layer_variables
+    assert not [name for name in optimizer_variables if name.endswith(("vars/0", "vars/1", "vars/2"))]
