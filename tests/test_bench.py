@@ -77,3 +77,13 @@ def test_run_all_keeps_the_committed_sections_of_benchmarks_it_did_not_run(tmp_p
     kept = run_all.earlier("audit", results)
     assert kept == {"name": "audit", "status": 0, "seconds": 126.0, "output": output, "earlier": True}
     assert run_all.earlier("app", results) is None
+
+
+@pytest.mark.slow
+def test_cv_benchmark_runs(tmp_path):
+    result = run_bench("bench_cv.py", "--model", "vit", "--folds", "2", "--size", "32", "--per-class", "6",
+                       "--json", str(tmp_path / "cv.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "CV of vit over 2 folds / 2 x one fold" in result.stdout
+    payload = json.loads((tmp_path / "cv.json").read_text())
+    assert payload["benchmark"] == "cv" and len(payload["single_seconds"]) == 2
