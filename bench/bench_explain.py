@@ -2,7 +2,7 @@
 
 The Compare page runs every model on every upload, so this is the program's hot path. For the
 registry models (all five by default) at their registry input sizes (InceptionV3 299, the
-others 224), built with random weights (``registry.create_model(name, weights="none")``),
+others 224), built with random weights (``builders.create_model(name, weights="none")``),
 saved as ``model.keras`` in run folders made with :mod:`kidney_lab.runs` and loaded back as a
 run is, the same scan (a 512x512 abdomen phantom, PNG, read with ``read_scan``) goes through:
 
@@ -90,13 +90,13 @@ def make_runs(models: list[str], size: int | None, workspace: Path) -> dict[str,
     import keras
 
     from kidney_lab import runs
-    from kidney_lab.models import registry
+    from kidney_lab.models import builders
     from kidney_lab.training.callbacks import save_atomically
 
     folders = {}
     for name in models:
         keras.utils.set_random_seed(SEED)
-        built = registry.create_model(name, size, "none")
+        built = builders.create_model(name, size, "none")
         folder = runs.create_run(workspace, runs.new_run_id(name), {
             "model": name, "display_name": built.spec.display_name, "image_size": built.image_size,
             "weights": built.weights, "note": "bench_explain.py: random weights, never trained",
@@ -124,13 +124,14 @@ def measure(arguments: argparse.Namespace, folders: dict[str, Path], image_bytes
     from kidney_lab import runs
     from kidney_lab.data import pipeline
     from kidney_lab.data.scan import read_scan
+    from kidney_lab.models import builders
     from kidney_lab.models import registry
 
     scan = read_scan(image_bytes)
     run_dirs = [str(folder) for folder in folders.values()]
     models, floors, inputs = {}, {}, {}
     for name, folder in folders.items():
-        model = registry.load_model(folder / runs.MODEL_FILE)
+        model = builders.load_model(folder / runs.MODEL_FILE)
         size = int(model.input_shape[1])
         inputs[name] = tf.constant(pipeline.prepare_scan(scan.image, size))
         floors[name] = tf.function(model, input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32)])

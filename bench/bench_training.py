@@ -2,7 +2,7 @@
 
 For each registry model (``kidney_lab.models.registry``; all five by default) at ``--img-size``
 (96) and ``--batch-size`` (16), the model is built from random weights with
-``registry.create_model(name, size, "none", batchnorm_momentum=0.9)`` and compiled as the
+``builders.create_model(name, size, "none", batchnorm_momentum=0.9)`` and compiled as the
 training engine compiles it on a CPU (Adam, categorical cross-entropy, accuracy,
 ``jit_compile=False``). Its training throughput is then measured, in the same process and on
 the same images, fed two ways:
@@ -64,6 +64,7 @@ import tensorflow as tf
 from kidney_lab import errors
 from kidney_lab.data import phantom, pipeline
 from kidney_lab.data.classes import CLASS_NAMES
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 
 DEFAULT_IMAGE_SIZE = 96
@@ -248,7 +249,7 @@ def measure_model(
     gc.collect()
     keras.utils.set_random_seed(SEED)
     start = time.perf_counter()
-    built = registry.create_model(name, size, "none", batchnorm_momentum=BATCHNORM_MOMENTUM)
+    built = builders.create_model(name, size, "none", batchnorm_momentum=BATCHNORM_MOMENTUM)
     model = built.model
     model.compile(
         optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"],

@@ -655,7 +655,7 @@ def check_model_file(
     zip directory, at the end of the file, is readable and it holds the architecture and the
     weights) describing a four-class model, and, when given, of architecture ``model_name`` with
     ``image_size`` x ``image_size`` input. Damaged weights inside an intact archive are found
-    only by loading (:func:`kidney_lab.models.registry.load_model`).
+    only by loading (:func:`kidney_lab.models.builders.load_model`).
     """
     file = Path(path)
     if not file.is_file():

@@ -37,6 +37,7 @@ from kidney_lab.data import pipeline
 from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import store
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 
 EVALUATION_BATCH_SIZE = 32
@@ -140,7 +141,7 @@ def evaluate(
     else:
         frame, context = _external_folder(folder, info, data)
     if model is None:
-        model = registry.load_model(model_file, model_name=info.model, image_size=image_size)
+        model = builders.load_model(model_file, model_name=info.model, image_size=image_size)
     started = time.perf_counter()
     table = predict_frame(model, frame, image_size)
     seconds = time.perf_counter() - started

@@ -66,6 +66,7 @@ from kidney_lab import runs
 from kidney_lab.data import classes
 from kidney_lab.data import pipeline
 from kidney_lab.data import scan as scan_module
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 
 # The method registry: registry name -> method class, in the order methods are offered. Filled by
@@ -808,7 +809,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
         reason = record.problem or "run.json names no model or image size"
         raise ExplainError(f"Run {folder.name} cannot be explained: {reason}.")
     spec = registry.get_spec(model_name)
-    model = registry.load_model(folder / runs.MODEL_FILE)
+    model = builders.load_model(folder / runs.MODEL_FILE)
     return LoadedRun(model, spec, size, folder.name)
 
 

@@ -60,7 +60,7 @@ from kidney_lab.data import pipeline
 from kidney_lab.data import split as split_module
 from kidney_lab.data.scan import read_scan
 from kidney_lab.explain import cam
-from kidney_lab.models import registry
+from kidney_lab.models import builders
 
 LESION_CLASSES: tuple[str, ...] = tuple(name for name in classes.CLASS_NAMES if name != "Normal")
 # Pointing-game tolerance, as a fraction of the scan's shorter side.
@@ -408,7 +408,7 @@ def random_explainers(loaded: cam.LoadedRun, methods: Sequence[str], seed: int =
     """Explainers, by method, of the same architecture at the same input size with fresh random
     weights (Keras' global generators seeded with ``seed``), sharing one model."""
     keras.utils.set_random_seed(seed)
-    random_model = registry.create_model(loaded.spec.name, loaded.image_size, "none").model
+    random_model = builders.create_model(loaded.spec.name, loaded.image_size, "none").model
     random_run = cam.LoadedRun(random_model, loaded.spec, loaded.image_size, f"{loaded.run_id}-random")
     chosen = [cam.get_method(method) for method in methods]
     return {method.name: method(random_run) for method in chosen}

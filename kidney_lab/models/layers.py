@@ -2,7 +2,7 @@
 
 They are registered as serializable under the package name ``kidney_lab``, so a ``model.keras``
 file loads with ``safe_mode=True`` and no ``custom_objects`` once this module is imported
-(``kidney_lab.models.registry`` imports it).
+(``kidney_lab.models.builders`` imports it).
 """
 
 from __future__ import annotations

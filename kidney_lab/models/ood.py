@@ -257,7 +257,7 @@ def pooled_features(model: Any, images: Any, batch_size: int = PREDICT_BATCH) ->
     """The pooled features a kidney_lab classifier computes before its head, for a batch of images.
 
     Args:
-        model: a Keras model built or loaded by :mod:`kidney_lab.models.registry`.
+        model: a Keras model built or loaded by :mod:`kidney_lab.models.builders`.
         images: raw 0-255 RGB pixels as the model takes them, ``(images, size, size, 3)``.
         batch_size: images per forward pass.
 

@@ -1,10 +1,12 @@
 """The model registry: the one place that knows the facts of the five architectures.
 
 Every other module (training, evaluation, explanation, the command line, the app) asks this
-registry for a model's input size, its preprocessing, the layer Grad-CAM reads and how to build
-or load it; none repeats a model fact.
+registry for a model's input size, its preprocessing, the layer Grad-CAM reads and which
+backbone builds it; none repeats a model fact. Reading a fact does not load TensorFlow: this
+module imports no Keras, and the builders and the loader (:mod:`kidney_lab.models.builders`)
+import it when a model is built or loaded.
 
-Every model built here is a flat functional graph that takes raw 0-255 RGB pixels of shape
+Every model built from these specs is a flat functional graph that takes raw 0-255 RGB pixels of shape
 ``(size, size, 3)``: preprocessing is the model's first layer (or the backbone's own, for
 EfficientNetB0, which rescales inside its graph and so gets no second rescaling), the backbone is
 built on that tensor, and the head (dropout and a 4-way softmax kept in float32 under mixed
@@ -15,16 +17,10 @@ layer of the saved model itself.
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 from typing import Any, Callable
 
-import keras
-
 from kidney_lab import errors
-from kidney_lab.data import classes
-from kidney_lab.models import layers as model_layers
-from kidney_lab.models import vit
+from kidney_lab.models import vit_presets
 
 WEIGHTS_CHOICES = ("auto", "imagenet", "none")
 
@@ -76,7 +72,8 @@ class ModelSpec:
         demo_lane: which of the demo's two processes trains it (0: the first, 1: the second).
         demo_turn: its place in that lane's queue (lower trains first).
         build_backbone: ``(inputs, weights) -> pooled features``; ``weights`` is
-            ``"imagenet"`` or None.
+            ``"imagenet"`` or None. The registry's own backbones import Keras when called, not
+            when the registry is imported.
     """
 
     name: str
@@ -121,26 +118,27 @@ class ModelSpec:
         return size
 
 
-def _application(
-    constructor: Callable[..., keras.Model], preprocessing: str | None
-) -> Backbone:
+def _application(constructor: str, preprocessing: str | None) -> Backbone:
+    """The backbone ``keras.applications.<constructor>`` behind ``preprocessing`` (a mode of
+    :class:`kidney_lab.models.layers.ImagePreprocessing`, None for none).
+
+    The constructor is looked up by name when the backbone is built, so naming it here imports
+    no Keras.
+    """
+
     def build(inputs: Any, weights: str | None) -> Any:
-        pixels = inputs
-        if preprocessing is not None:
-            pixels = model_layers.ImagePreprocessing(preprocessing, name="preprocessing")(inputs)
-        base = constructor(include_top=False, weights=weights, input_tensor=pixels)
-        return keras.layers.GlobalAveragePooling2D(name="avg_pool_features")(base.output)
+        from kidney_lab.models import builders  # Keras is imported here, when a model is built.
+
+        return builders.application_backbone(constructor, preprocessing, inputs, weights)
 
     return build
 
 
 def _vit_backbone(inputs: Any, weights: str | None) -> Any:
-    if weights is not None:
-        raise WeightsUnavailableError(
-            "kidney_lab's Vision Transformer has no ImageNet weights; it trains from random "
-            "initialisation (--weights none or auto)."
-        )
-    return vit.build_vit(inputs, **vit.DEFAULT_CONFIG)
+    """kidney_lab's Vision Transformer (:func:`kidney_lab.models.builders.vit_backbone`)."""
+    from kidney_lab.models import builders  # Keras is imported here, when a model is built.
+
+    return builders.vit_backbone(inputs, weights)
 
 
 # The demo recipes (demo_*), measured on the demo phantoms (400 per class, 96 px, batch 16) on
@@ -168,7 +166,7 @@ _SPECS = (
         demo_learning_rate=6e-3,
         demo_lane=0,
         demo_turn=1,
-        build_backbone=_application(keras.applications.EfficientNetB0, None),
+        build_backbone=_application("EfficientNetB0", None),
     ),
     ModelSpec(
         name="mobilenetv2",
@@ -187,7 +185,7 @@ _SPECS = (
         demo_learning_rate=3e-3,
         demo_lane=1,
         demo_turn=0,
-        build_backbone=_application(keras.applications.MobileNetV2, "tf"),
+        build_backbone=_application("MobileNetV2", "tf"),
     ),
     ModelSpec(
         name="resnet50",
@@ -206,7 +204,7 @@ _SPECS = (
         demo_learning_rate=1e-3,
         demo_lane=0,
         demo_turn=0,
-        build_backbone=_application(keras.applications.ResNet50, "caffe"),
+        build_backbone=_application("ResNet50", "caffe"),
     ),
     ModelSpec(
         name="inceptionv3",
@@ -225,17 +223,17 @@ _SPECS = (
         demo_learning_rate=1e-3,
         demo_lane=1,
         demo_turn=1,
-        build_backbone=_application(keras.applications.InceptionV3, "tf"),
+        build_backbone=_application("InceptionV3", "tf"),
     ),
     ModelSpec(
         name="vit",
         display_name="Vision Transformer",
         family="transformer",
         default_size=224,
-        min_size=vit.MIN_SIZE,
-        size_multiple=vit.DEFAULT_CONFIG["patch_size"],
+        min_size=vit_presets.MIN_SIZE,
+        size_multiple=vit_presets.DEFAULT_CONFIG["patch_size"],
         preprocessing="scale 0-255 to [-1, 1]",
-        cam_layer=vit.TOKEN_GRID_LAYER,
+        cam_layer=vit_presets.TOKEN_GRID_LAYER,
         fine_cam_layers=(),
         min_cam_size=48,
         imagenet_weights=False,
@@ -278,176 +276,6 @@ def parse_model_names(text: str) -> list[str]:
         raise errors.ConfigError(f"No model named in {text!r}; use 'all' or {','.join(MODEL_NAMES)}.")
     wanted = {get_spec(name).name for name in names}
     return [name for name in MODEL_NAMES if name in wanted]
-
-
-@dataclasses.dataclass(frozen=True)
-class BuiltModel:
-    """A freshly built classifier and where its weights came from.
-
-    Attributes:
-        model: the Keras model: raw 0-255 RGB in, class probabilities in ``CLASS_NAMES`` order
-            out.
-        spec: its registry entry.
-        image_size: its input side in pixels.
-        weights: ``"imagenet"`` or ``"random"``.
-        weights_note: why the weights are what they are when that differs from what was asked
-            (``weights="auto"`` without ImageNet weights); None otherwise.
-    """
-
-    model: keras.Model
-    spec: ModelSpec
-    image_size: int
-    weights: str
-    weights_note: str | None
-
-
-def keras_weights_folder() -> Path:
-    """The folder where Keras caches downloaded weight files (``$KERAS_HOME/models``)."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "models"
-
-
-def create_model(
-    name: str,
-    image_size: int | None = None,
-    weights: str = "none",
-    dropout: float = 0.2,
-    batchnorm_momentum: float | None = None,
-) -> BuiltModel:
-    """Build the classifier ``name`` for ``image_size`` x ``image_size`` RGB input.
-
-    Args:
-        name: a registry name (see :data:`MODEL_NAMES`).
-        image_size: input side in pixels; the spec's default when None.
-        weights: ``"none"`` (random initialisation), ``"imagenet"`` (fail when the weights
-            cannot be obtained) or ``"auto"`` (ImageNet when possible, else random, with the
-            reason in :attr:`BuiltModel.weights_note`).
-        dropout: dropout rate before the classifier.
-        batchnorm_momentum: when given, the momentum of every BatchNormalization layer. Short
-            training runs from scratch need a lower value than Keras' 0.99, whose moving
-            statistics otherwise lag far behind the weights and make validation predict one
-            class.
-
-    Raises:
-        kidney_lab.errors.ConfigError: unknown name, weights choice or size.
-        WeightsUnavailableError: ``weights="imagenet"`` and the weights cannot be obtained.
-    """
-    spec = get_spec(name)
-    if not 0 <= dropout < 1:
-        raise errors.ConfigError(f"dropout must be at least 0 and below 1; got {dropout!r}.")
-    size = spec.check_size(spec.default_size if image_size is None else image_size)
-    if weights not in WEIGHTS_CHOICES:
-        raise errors.ConfigError(
-            f"Unknown weights choice {weights!r}; use one of {', '.join(WEIGHTS_CHOICES)}."
-        )
-    note = None
-    if weights == "none":
-        model = _assemble(spec, size, None, dropout)
-    else:
-        try:
-            model = _assemble(spec, size, WEIGHTS_IMAGENET, dropout)
-        except WeightsUnavailableError as error:
-            if weights == "imagenet":
-                raise
-            note = f"ImageNet weights unavailable, trained from random initialisation: {error}"
-            model = _assemble(spec, size, None, dropout)
-    if batchnorm_momentum is not None:
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = batchnorm_momentum
-    source = WEIGHTS_RANDOM if note is not None or weights == "none" else WEIGHTS_IMAGENET
-    return BuiltModel(model=model, spec=spec, image_size=size, weights=source, weights_note=note)
-
-
-def _assemble(spec: ModelSpec, size: int, weights: str | None, dropout: float) -> keras.Model:
-    inputs = keras.Input(shape=(size, size, 3), name="pixels")
-    if weights is None:
-        features = spec.build_backbone(inputs, None)
-    else:
-        try:
-            features = spec.build_backbone(inputs, weights)
-        except WeightsUnavailableError:
-            raise
-        except Exception as error:  # Keras raises bare Exceptions for failed downloads.
-            raise WeightsUnavailableError(_weights_message(spec, error)) from None
-    features = keras.layers.Dropout(dropout, name=HEAD_DROPOUT_LAYER)(features)
-    outputs = keras.layers.Dense(
-        len(classes.CLASS_NAMES), activation="softmax", dtype="float32", name=OUTPUT_LAYER
-    )(features)
-    return keras.Model(inputs, outputs, name=spec.name)
-
-
-def _weights_message(spec: ModelSpec, error: Exception) -> str:
-    reason = errors.first_line(error)
-    url = next((word.rstrip(":") for word in reason.split() if word.startswith("https://")), None)
-    where = keras_weights_folder()
-    if url is not None:
-        reason = reason.split(url)[-1].lstrip(": ").removeprefix("None -- ").strip() or reason
-        return (
-            f"ImageNet weights for {spec.display_name} could not be downloaded ({reason}). "
-            f"Download {url} by hand and put it in {where}, or use --weights none."
-        )
-    return (
-        f"ImageNet weights for {spec.display_name} could not be loaded ({reason}). Keras keeps "
-        f"weight files in {where}; replace a damaged file there, or use --weights none."
-    )
-
-
-def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
-    """Freeze or unfreeze everything but the head, for transfer learning.
-
-    With ``trainable=True`` BatchNormalization layers stay frozen: in Keras a frozen
-    BatchNormalization layer runs in inference mode, so fine-tuning does not wreck the
-    pretrained moving statistics with small batches.
-    """
-    for layer in model.layers:
-        if layer.name in HEAD_LAYERS:
-            layer.trainable = True
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-        else:
-            layer.trainable = trainable
-
-
-def load_model(
-    path: str | os.PathLike[str], *, model_name: str | None = None, image_size: int | None = None
-) -> keras.Model:
-    """Load a saved classifier with ``safe_mode=True`` (no Lambda layers, no arbitrary code).
-
-    Args:
-        path: the ``.keras`` file.
-        model_name: when given, the file must hold this architecture (a run's ``model``).
-        image_size: when given, the model must take ``image_size`` x ``image_size`` input.
-
-    Raises:
-        ModelLoadError: the file is missing, damaged, unsafe, not a 4-class classifier, or not
-            the architecture or input size asked for.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise ModelLoadError(f"No model file at {file}; the run has no usable checkpoint.")
-    try:
-        model = keras.saving.load_model(file, safe_mode=True, compile=False)
-    except Exception as error:
-        raise ModelLoadError(f"Cannot load model {file}: {errors.first_line(error, 300)}") from None
-    shape = tuple(model.output_shape) if not isinstance(model.output_shape, list) else ()
-    inputs = tuple(model.input_shape) if not isinstance(model.input_shape, list) else ()
-    if len(shape) != 2 or shape[-1] != len(classes.CLASS_NAMES) or len(inputs) != 4 or inputs[-1] != 3:
-        raise ModelLoadError(
-            f"{file} is not a {len(classes.CLASS_NAMES)}-class image classifier (input shape "
-            f"{inputs}, output shape {shape})."
-        )
-    if model_name is not None and model.name != get_spec(model_name).name:
-        raise ModelLoadError(
-            f"{file} holds a {model.name} model, not {get_spec(model_name).display_name}; the file "
-            "was replaced: put the run's own file back or train it again."
-        )
-    if image_size is not None and inputs[1:3] != (image_size, image_size):
-        raise ModelLoadError(
-            f"{file} takes {inputs[1]}x{inputs[2]} pixel input, not {image_size}x{image_size}; "
-            "the file was replaced: put the run's own file back or train it again."
-        )
-    return model
 
 
 def describe(spec: ModelSpec) -> dict[str, Any]:

@@ -4,10 +4,12 @@ The backbone takes raw 0-255 RGB pixels, scales them to [-1, 1] inside the graph
 image into non-overlapping patches (optionally after a small convolutional stem, see
 :class:`PatchEmbedding`), adds a learned position embedding, runs ``depth`` pre-norm transformer
 blocks and a final LayerNorm, and lays the tokens back out as a spatial grid in a layer named
-:data:`TOKEN_GRID_LAYER`. That grid is what Grad-CAM reads, exactly like a CNN's last
-convolution; the backbone's output is the average of the grid over its patches (no CLS token),
-shape ``(batch, dim)``. The caller adds the classification head and builds the model on the same
-input tensor, so every layer, the token grid included, is a layer of the outer model.
+:data:`~kidney_lab.models.vit_presets.TOKEN_GRID_LAYER`. That grid is what Grad-CAM reads,
+exactly like a CNN's last convolution; the backbone's output is the average of the grid over its
+patches (no CLS token), shape ``(batch, dim)``. The caller adds the classification head and
+builds the model on the same input tensor, so every layer, the token grid included, is a layer
+of the outer model. The configuration itself (defaults, the token grid's name, the smallest
+input) is in :mod:`kidney_lab.models.vit_presets`, which needs no Keras.
 
 All layers are registered as serializable under the package ``kidney_lab``: a ``.keras`` file
 loads with ``keras.saving.load_model(path, safe_mode=True)`` and no ``custom_objects`` once this
@@ -57,22 +59,7 @@ from typing import Any, Sequence
 import keras
 
 from kidney_lab import errors
-
-# The name of the layer that holds the last tokens as a (grid_h, grid_w, dim) grid.
-TOKEN_GRID_LAYER = "vit_token_grid"
-
-DEFAULT_CONFIG: dict[str, Any] = {
-    "patch_size": 16,
-    "dim": 64,
-    "depth": 2,
-    "heads": 4,
-    "mlp_dim": 128,
-    "dropout": 0.0,
-    "stem_channels": (16, 32, 64, 64),
-}
-
-# The smallest image the default configuration takes: a grid of at least 2 x 2 patches.
-MIN_SIZE = 2 * DEFAULT_CONFIG["patch_size"]
+from kidney_lab.models import vit_presets
 
 _PACKAGE = "kidney_lab"
 _LAYER_NORM_EPSILON = 1e-6
@@ -350,13 +337,13 @@ class TransformerBlock(keras.layers.Layer):
 def build_vit(
     inputs: keras.KerasTensor,
     *,
-    patch_size: int = DEFAULT_CONFIG["patch_size"],
-    dim: int = DEFAULT_CONFIG["dim"],
-    depth: int = DEFAULT_CONFIG["depth"],
-    heads: int = DEFAULT_CONFIG["heads"],
-    mlp_dim: int = DEFAULT_CONFIG["mlp_dim"],
-    dropout: float = DEFAULT_CONFIG["dropout"],
-    stem_channels: Sequence[int] = DEFAULT_CONFIG["stem_channels"],
+    patch_size: int = vit_presets.DEFAULT_CONFIG["patch_size"],
+    dim: int = vit_presets.DEFAULT_CONFIG["dim"],
+    depth: int = vit_presets.DEFAULT_CONFIG["depth"],
+    heads: int = vit_presets.DEFAULT_CONFIG["heads"],
+    mlp_dim: int = vit_presets.DEFAULT_CONFIG["mlp_dim"],
+    dropout: float = vit_presets.DEFAULT_CONFIG["dropout"],
+    stem_channels: Sequence[int] = vit_presets.DEFAULT_CONFIG["stem_channels"],
 ) -> keras.KerasTensor:
     """Build the ViT backbone on ``inputs`` and return its pooled features.
 
@@ -374,8 +361,8 @@ def build_vit(
 
     Returns:
         The patch tokens averaged over the grid, float tensor of shape ``(batch, dim)``. The
-        layer :data:`TOKEN_GRID_LAYER` in the same graph outputs the final tokens as a
-        ``(batch, size // patch_size, size // patch_size, dim)`` grid.
+        layer :data:`~kidney_lab.models.vit_presets.TOKEN_GRID_LAYER` in the same graph outputs
+        the final tokens as a ``(batch, size // patch_size, size // patch_size, dim)`` grid.
 
     Raises:
         ConfigError: when the input is not a square RGB image of a usable size, or a
@@ -418,7 +405,7 @@ def build_vit(
     outputs = keras.layers.LayerNormalization(epsilon=_LAYER_NORM_EPSILON, name="vit_norm")(
         outputs
     )
-    outputs = keras.layers.Reshape((grid, grid, dim), name=TOKEN_GRID_LAYER)(outputs)
+    outputs = keras.layers.Reshape((grid, grid, dim), name=vit_presets.TOKEN_GRID_LAYER)(outputs)
     return keras.layers.GlobalAveragePooling2D(name="vit_pool")(outputs)
 
 

@@ -131,7 +131,7 @@ class TrainConfig:
         epochs: maximum epochs per model (early stopping may end sooner).
         image_size: input side in pixels for every model; None gives each model its default.
         split: ``"grouped"`` (near-duplicate clusters never straddle subsets) or ``"random"``.
-        weights: ``"auto"``, ``"imagenet"`` or ``"none"`` (see :func:`registry.create_model`).
+        weights: ``"auto"``, ``"imagenet"`` or ``"none"`` (see :func:`kidney_lab.models.builders.create_model`).
         batch_size: images per batch on each replica.
         learning_rate: Adam's learning rate (of the head phase, with pretrained weights).
         lr_schedule: ``"plateau"`` or ``"cosine"`` (see :data:`LR_SCHEDULES`).

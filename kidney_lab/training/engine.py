@@ -61,6 +61,7 @@ from kidney_lab.data import pipeline
 from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import cv as cv_module
 from kidney_lab.evaluation import evaluate as evaluate_module
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 from kidney_lab.training import callbacks as training_callbacks
 from kidney_lab.training import config as config_module
@@ -446,13 +447,13 @@ def _build_datasets(
     return _Datasets(train_data, val_data, steps, _class_weights(train_frame))
 
 
-def _build_model(config: config_module.TrainConfig, name: str, devices: _Devices) -> registry.BuiltModel:
+def _build_model(config: config_module.TrainConfig, name: str, devices: _Devices) -> builders.BuiltModel:
     """Model ``name`` built in the strategy's scope, under the run's precision policy."""
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16" if devices.mixed_precision else "float32")
     try:
         with devices.strategy.scope():
-            return registry.create_model(
+            return builders.create_model(
                 name,
                 image_size=config.size_for(name),
                 weights=config.weights,
@@ -465,7 +466,7 @@ def _build_model(config: config_module.TrainConfig, name: str, devices: _Devices
 
 
 def _record_setup(
-    path: Path, config: config_module.TrainConfig, built: registry.BuiltModel, devices: _Devices,
+    path: Path, config: config_module.TrainConfig, built: builders.BuiltModel, devices: _Devices,
     datasets: _Datasets,
 ) -> None:
     """Write into run.json what the run trains with: weights, size of the model, devices, class weights."""
@@ -516,7 +517,7 @@ def _run_phase(fit: _Fit, index: int, phase: _Phase) -> None:
     if repaired:
         log.write(f"{phase.name}: {repaired}")
     if fit.pretrained:
-        registry.set_backbone_trainable(model, phase.backbone_trainable)
+        builders.set_backbone_trainable(model, phase.backbone_trainable)
     steps = fit.datasets.steps
     with fit.devices.strategy.scope():
         model.compile(

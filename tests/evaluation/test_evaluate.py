@@ -23,6 +23,7 @@ from kidney_lab.evaluation import metrics
 from kidney_lab.evaluation import model_card as model_card_module
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 from tests.evaluation.conftest import SIZE
 from tests.evaluation.helpers import snapshot
@@ -62,7 +63,7 @@ def test_training_stored_the_full_evaluation(tiny_run: Path) -> None:
 
 
 def test_shuffled_input_gives_the_same_metrics_and_the_original_bug_does_not(tiny_run: Path) -> None:
-    model = registry.load_model(tiny_run / runs.MODEL_FILE)
+    model = builders.load_model(tiny_run / runs.MODEL_FILE)
     test = test_subset(tiny_run)
     in_order = evaluate_module.predict_frame(model, test, SIZE, batch_size=3)
     shuffled = evaluate_module.predict_frame(model, test.sample(frac=1, random_state=5), SIZE, batch_size=3)

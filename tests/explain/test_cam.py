@@ -24,6 +24,7 @@ from kidney_lab import runs
 from kidney_lab.data import classes
 from kidney_lab.data import pipeline
 from kidney_lab.explain import cam
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 from tests.explain.conftest import lesion_phantom, non_square
 from tests.helpers import encode
@@ -54,15 +55,15 @@ def test_every_model_and_method_gives_a_finite_map_of_the_scan_size(tiny_study, 
 REFERENCES = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "layercam": Layercam}
 
 
-def random_twins(model: str, size: int = 64) -> tuple[registry.BuiltModel, keras.Model]:
+def random_twins(model: str, size: int = 64) -> tuple[builders.BuiltModel, keras.Model]:
     """A model with random weights and a second copy of it for a reference implementation.
 
     Random weights: the comparisons are of the arithmetic, and a barely trained model can have
     no positive evidence for any class (every map ReLU'd to zero), which would prove nothing.
     """
     keras.utils.set_random_seed(0)
-    built = registry.create_model(model, size, "none")
-    reference_model = registry.create_model(model, size, "none").model
+    built = builders.create_model(model, size, "none")
+    reference_model = builders.create_model(model, size, "none").model
     reference_model.set_weights(built.model.get_weights())
     return built, reference_model
 
@@ -143,7 +144,7 @@ def test_layercam_fuses_finer_layers_into_a_map_of_the_input_size(tiny_study, mo
 def test_layercam_of_a_model_without_its_finer_layers_says_so(tiny_study) -> None:
     spec = registry.get_spec("mobilenetv2")
     changed = dataclasses.replace(spec, fine_cam_layers=("no_such_layer",))
-    model = registry.load_model(tiny_study.runs["mobilenetv2"] / runs.MODEL_FILE)
+    model = builders.load_model(tiny_study.runs["mobilenetv2"] / runs.MODEL_FILE)
     loaded = cam.LoadedRun(model, changed, 80, "odd")
     with pytest.raises(registry.ModelLoadError, match="lacks the layers LayerCAM reads.*no_such_layer"):
         cam.build_explainer(loaded, "layercam")
@@ -178,7 +179,7 @@ def test_probabilities_and_map_come_from_one_forward_pass(vit_run, monkeypatch) 
     assert counter.calls == 1, "the traced pass must run the model exactly once"
     assert explainer.traces == 1
 
-    model = registry.load_model(vit_run / runs.MODEL_FILE)
+    model = builders.load_model(vit_run / runs.MODEL_FILE)
     batch = np.concatenate([pipeline.prepare_scan(scan / 255.0, 32) for scan in scans])
     expected = model.predict(batch, verbose=0)
     got = np.array([list(result.probabilities.values()) for result in results])

@@ -14,6 +14,7 @@ from kidney_lab.data import phantom
 from kidney_lab.data.scan import read_scan
 from kidney_lab.explain import cam
 from kidney_lab.explain import faithfulness
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 from tests.explain.conftest import lesion_phantom
 
@@ -194,9 +195,9 @@ def test_maps_of_random_weights_differ_from_the_trained_models(tiny_study, sanit
 
 
 def test_the_sanity_check_would_catch_maps_that_ignore_the_weights(vit_run, sanity_images, monkeypatch) -> None:
-    trained = registry.load_model(vit_run / runs.MODEL_FILE)
-    built = registry.BuiltModel(trained, registry.get_spec("vit"), 32, "random", None)
-    monkeypatch.setattr(registry, "create_model", lambda *args, **kwargs: built)
+    trained = builders.load_model(vit_run / runs.MODEL_FILE)
+    built = builders.BuiltModel(trained, registry.get_spec("vit"), 32, "random", None)
+    monkeypatch.setattr(builders, "create_model", lambda *args, **kwargs: built)
     check = faithfulness.randomization_check(vit_run, sanity_images, ("gradcam", "layercam"))
     assert check["gradcam"]["mean_spearman"] > 0.99 > SANITY_BOUND
     assert check["layercam"]["mean_spearman"] > 0.99
@@ -204,9 +205,9 @@ def test_the_sanity_check_would_catch_maps_that_ignore_the_weights(vit_run, sani
 
 def test_the_random_weights_pointing_game_would_catch_maps_that_ignore_the_weights(run_copy, monkeypatch) -> None:
     run = run_copy()
-    trained = registry.load_model(run / runs.MODEL_FILE)
-    monkeypatch.setattr(registry, "create_model",
-                        lambda *args, **kwargs: registry.BuiltModel(trained, registry.get_spec("vit"), 32, "random", None))
+    trained = builders.load_model(run / runs.MODEL_FILE)
+    monkeypatch.setattr(builders, "create_model",
+                        lambda *args, **kwargs: builders.BuiltModel(trained, registry.get_spec("vit"), 32, "random", None))
     result = faithfulness.evaluate_faithfulness(run, methods=("scorecam",), max_images=12, curves=False)
     scores = result["methods"]["scorecam"]
     assert scores["pointing_game"] is not None

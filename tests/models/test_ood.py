@@ -167,9 +167,9 @@ def phantom_pixels(per_class: int, seed: int) -> tuple[np.ndarray, list[str]]:
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from kidney_lab.models import registry
+    from kidney_lab.models import builders
 
-    return registry.create_model(MODEL, SIZE, weights="none").model
+    return builders.create_model(MODEL, SIZE, weights="none").model
 
 
 def test_a_registry_model_fitted_on_phantoms_flags_uniform_noise(tiny_model) -> None:

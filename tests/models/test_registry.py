@@ -21,6 +21,7 @@ import pytest
 from kidney_lab import errors
 from kidney_lab.data import classes
 from kidney_lab.models import layers as model_layers
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 
 WEIGHTS_URL = "https://storage.googleapis.com/x/y_notop.h5"
@@ -45,17 +46,17 @@ def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model_cache() -> dict[str, registry.BuiltModel]:
+def model_cache() -> dict[str, builders.BuiltModel]:
     """Models built in this module, by registry name."""
     return {}
 
 
 @pytest.fixture
-def built(name: str, model_cache: dict[str, registry.BuiltModel]) -> registry.BuiltModel:
+def built(name: str, model_cache: dict[str, builders.BuiltModel]) -> builders.BuiltModel:
     """The model ``name`` at its tiny size with random weights, built once per module."""
     if name not in model_cache:
         spec = registry.get_spec(name)
-        model_cache[name] = registry.create_model(name, tiny_size(spec), weights="none")
+        model_cache[name] = builders.create_model(name, tiny_size(spec), weights="none")
     return model_cache[name]
 
 
@@ -63,7 +64,7 @@ def built(name: str, model_cache: dict[str, registry.BuiltModel]) -> registry.Bu
 
 
 @pytest.mark.parametrize("name", registry.MODEL_NAMES)
-def test_forward_pass_gives_float32_probabilities(name: str, built: registry.BuiltModel) -> None:
+def test_forward_pass_gives_float32_probabilities(name: str, built: builders.BuiltModel) -> None:
     size = tiny_size(built.spec)
     model = built.model
     assert built.spec.name == name
@@ -84,7 +85,7 @@ def test_forward_pass_gives_float32_probabilities(name: str, built: registry.Bui
 
 
 @pytest.mark.parametrize("name", registry.MODEL_NAMES)
-def test_graph_is_flat_and_cam_layer_is_a_spatial_map(name: str, built: registry.BuiltModel) -> None:
+def test_graph_is_flat_and_cam_layer_is_a_spatial_map(name: str, built: builders.BuiltModel) -> None:
     model = built.model
     nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
     assert nested == []
@@ -112,7 +113,7 @@ def test_min_cam_size_is_the_smallest_input_with_a_3x3_cam_grid(name: str) -> No
     sides = {}
     for size in (spec.min_cam_size - spec.size_multiple, spec.min_cam_size):
         keras.backend.clear_session()
-        model = registry.create_model(name, size, "none").model
+        model = builders.create_model(name, size, "none").model
         sides[size] = model.get_layer(spec.cam_layer).output.shape[1]
     assert sides == {spec.min_cam_size - spec.size_multiple: 2, spec.min_cam_size: 3}
 
@@ -132,7 +133,7 @@ def test_mixed_precision_keeps_the_output_in_float32() -> None:
     previous = keras.config.dtype_policy().name
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        model = registry.create_model("mobilenetv2", 32).model
+        model = builders.create_model("mobilenetv2", 32).model
     finally:
         keras.config.set_dtype_policy(previous)
     assert model.get_layer("preprocessing").compute_dtype == "float16"
@@ -147,7 +148,7 @@ def test_mixed_precision_keeps_the_output_in_float32() -> None:
     [("mobilenetv2", "tf"), ("resnet50", "caffe"), ("inceptionv3", "tf")],
 )
 def test_preprocessing_layer_matches_the_backbone(
-    name: str, mode: str, built: registry.BuiltModel
+    name: str, mode: str, built: builders.BuiltModel
 ) -> None:
     model = built.model
     preprocessing = [
@@ -160,7 +161,7 @@ def test_preprocessing_layer_matches_the_backbone(
 
 @pytest.mark.parametrize("name", ["efficientnetb0"])
 def test_efficientnetb0_rescales_once_inside_its_backbone(
-    name: str, built: registry.BuiltModel
+    name: str, built: builders.BuiltModel
 ) -> None:
     model = built.model
     assert not any(isinstance(layer, model_layers.ImagePreprocessing) for layer in model.layers)
@@ -194,11 +195,11 @@ def test_describe_is_json_with_every_fact(name: str) -> None:
 
 @pytest.mark.parametrize("name", registry.MODEL_NAMES)
 def test_save_and_safe_load_predict_the_same(
-    name: str, built: registry.BuiltModel, tmp_path: Path
+    name: str, built: builders.BuiltModel, tmp_path: Path
 ) -> None:
     path = tmp_path / "model.keras"
     built.model.save(path)
-    loaded = registry.load_model(path)
+    loaded = builders.load_model(path)
 
     images = random_images(built.image_size, seed=1)
     np.testing.assert_allclose(predict(loaded, images), predict(built.model, images), atol=1e-6)
@@ -209,7 +210,7 @@ def test_save_and_safe_load_predict_the_same(
 
 
 @pytest.mark.parametrize("name", registry.MODEL_NAMES)
-def test_one_train_step_gives_a_finite_loss(name: str, built: registry.BuiltModel) -> None:
+def test_one_train_step_gives_a_finite_loss(name: str, built: builders.BuiltModel) -> None:
     model = built.model
     # Eager execution: tracing a whole backbone for a single step costs far more than the step.
     model.compile(
@@ -221,16 +222,16 @@ def test_one_train_step_gives_a_finite_loss(name: str, built: registry.BuiltMode
 
 
 @pytest.mark.parametrize("name", registry.MODEL_NAMES)
-def test_set_backbone_trainable(name: str, built: registry.BuiltModel) -> None:
+def test_set_backbone_trainable(name: str, built: builders.BuiltModel) -> None:
     model = built.model
     original = {layer.name: layer.trainable for layer in model.layers}
     try:
-        registry.set_backbone_trainable(model, False)
+        builders.set_backbone_trainable(model, False)
         with_weights = {layer.name for layer in model.layers if layer.trainable_weights}
         assert with_weights == {registry.OUTPUT_LAYER}
         assert all(model.get_layer(head).trainable for head in registry.HEAD_LAYERS)
 
-        registry.set_backbone_trainable(model, True)
+        builders.set_backbone_trainable(model, True)
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 assert not layer.trainable, layer.name
@@ -243,7 +244,7 @@ def test_set_backbone_trainable(name: str, built: registry.BuiltModel) -> None:
 
 
 def test_batchnorm_momentum_reaches_every_batchnorm_layer() -> None:
-    model = registry.create_model("mobilenetv2", 32, batchnorm_momentum=0.9).model
+    model = builders.create_model("mobilenetv2", 32, batchnorm_momentum=0.9).model
     batch_norms = [
         layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
     ]
@@ -287,7 +288,7 @@ def test_bad_sizes_are_config_errors(name: str, size: Any) -> None:
 
 def test_create_model_checks_the_size_before_building() -> None:
     with pytest.raises(errors.ConfigError, match="75"):
-        registry.create_model("inceptionv3", 74)
+        builders.create_model("inceptionv3", 74)
 
 
 # Names.
@@ -342,6 +343,9 @@ def test_parse_bad_names_is_a_config_error(text: str) -> None:
 
 # Weights: no test downloads; the backbone constructor is replaced.
 
+# The real constructor, which the replacements below call.
+MOBILENETV2 = keras.applications.MobileNetV2
+
 
 def offline_constructor(error: Exception, calls: list[Any]) -> Callable[..., keras.Model]:
     """A MobileNetV2 constructor whose ImageNet download raises ``error``."""
@@ -350,7 +354,7 @@ def offline_constructor(error: Exception, calls: list[Any]) -> Callable[..., ker
         calls.append(kwargs["weights"])
         if kwargs["weights"] == "imagenet":
             raise error
-        return keras.applications.MobileNetV2(**kwargs)
+        return MOBILENETV2(**kwargs)
 
     return constructor
 
@@ -360,7 +364,7 @@ def cached_weights_constructor(calls: list[Any]) -> Callable[..., keras.Model]:
 
     def constructor(**kwargs: Any) -> keras.Model:
         calls.append(kwargs["weights"])
-        return keras.applications.MobileNetV2(**{**kwargs, "weights": None})
+        return MOBILENETV2(**{**kwargs, "weights": None})
 
     return constructor
 
@@ -371,22 +375,12 @@ def replace_mobilenetv2_constructor(
 ) -> Callable[[Callable[..., keras.Model]], None]:
     """Make ``mobilenetv2`` build with another constructor for this test.
 
-    The spec's ``build_backbone`` closed over ``keras.applications.MobileNetV2`` when the
-    registry was imported, so the spec itself is replaced where ``create_model`` looks it up.
+    The registry names the backbone's constructor and the builder looks it up in
+    ``keras.applications`` when a model is built, so it is replaced there.
     """
-    real_get_spec = registry.get_spec
 
     def replace(constructor: Callable[..., keras.Model]) -> None:
-        spec = real_get_spec("mobilenetv2")
-        replacement = dataclasses.replace(
-            spec, build_backbone=registry._application(constructor, "tf")
-        )
-
-        def get_spec(name: str) -> registry.ModelSpec:
-            found = real_get_spec(name)
-            return replacement if found is spec else found
-
-        monkeypatch.setattr(registry, "get_spec", get_spec)
+        monkeypatch.setattr(keras.applications, "MobileNetV2", constructor)
 
     return replace
 
@@ -400,7 +394,7 @@ def keras_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_keras_weights_folder_follows_keras_home(keras_home: Path) -> None:
-    assert registry.keras_weights_folder() == keras_home / "models"
+    assert builders.keras_weights_folder() == keras_home / "models"
 
 
 def test_keras_weights_folder_defaults_to_the_home_folder(
@@ -408,7 +402,7 @@ def test_keras_weights_folder_defaults_to_the_home_folder(
 ) -> None:
     monkeypatch.delenv("KERAS_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert registry.keras_weights_folder() == tmp_path / ".keras" / "models"
+    assert builders.keras_weights_folder() == tmp_path / ".keras" / "models"
 
 
 def test_failed_download_with_imagenet_says_what_to_do(
@@ -418,11 +412,11 @@ def test_failed_download_with_imagenet_says_what_to_do(
     calls: list[Any] = []
     replace_mobilenetv2_constructor(offline_constructor(Exception(DOWNLOAD_FAILURE), calls))
     with pytest.raises(registry.WeightsUnavailableError) as caught:
-        registry.create_model("mobilenetv2", 32, weights="imagenet")
+        builders.create_model("mobilenetv2", 32, weights="imagenet")
     message = str(caught.value)
     assert calls == ["imagenet"]
     assert WEIGHTS_URL in message
-    assert str(registry.keras_weights_folder()) in message
+    assert str(builders.keras_weights_folder()) in message
     assert str(keras_home / "models") in message
     assert "--weights none" in message
     assert "Name or service not known" in message
@@ -435,7 +429,7 @@ def test_damaged_weights_file_points_at_the_keras_folder(
 ) -> None:
     replace_mobilenetv2_constructor(offline_constructor(OSError(DAMAGED_FILE), []))
     with pytest.raises(registry.WeightsUnavailableError) as caught:
-        registry.create_model("mobilenetv2", 32, weights="imagenet")
+        builders.create_model("mobilenetv2", 32, weights="imagenet")
     message = str(caught.value)
     assert "truncated file" in message
     assert str(keras_home / "models") in message
@@ -447,7 +441,7 @@ def test_failed_download_with_auto_falls_back_to_random(
 ) -> None:
     calls: list[Any] = []
     replace_mobilenetv2_constructor(offline_constructor(Exception(DOWNLOAD_FAILURE), calls))
-    built = registry.create_model("mobilenetv2", 32, weights="auto")
+    built = builders.create_model("mobilenetv2", 32, weights="auto")
     assert calls == ["imagenet", None]
     assert built.weights == registry.WEIGHTS_RANDOM
     assert built.weights_note is not None
@@ -462,7 +456,7 @@ def test_available_weights_are_reported_as_imagenet(
     calls: list[Any] = []
     replace_mobilenetv2_constructor(cached_weights_constructor(calls))
     for choice in ("imagenet", "auto"):
-        built = registry.create_model("mobilenetv2", 32, weights=choice)
+        built = builders.create_model("mobilenetv2", 32, weights=choice)
         assert built.weights == registry.WEIGHTS_IMAGENET
         assert built.weights_note is None
     assert calls == ["imagenet", "imagenet"]
@@ -473,7 +467,7 @@ def test_weights_none_never_asks_for_imagenet(
 ) -> None:
     calls: list[Any] = []
     replace_mobilenetv2_constructor(offline_constructor(Exception(DOWNLOAD_FAILURE), calls))
-    built = registry.create_model("mobilenetv2", 32, weights="none")
+    built = builders.create_model("mobilenetv2", 32, weights="none")
     assert calls == [None]
     assert built.weights == registry.WEIGHTS_RANDOM
     assert built.weights_note is None
@@ -482,8 +476,8 @@ def test_weights_none_never_asks_for_imagenet(
 def test_vit_has_no_imagenet_weights() -> None:
     assert registry.get_spec("vit").imagenet_weights is False
     with pytest.raises(registry.WeightsUnavailableError, match="--weights none"):
-        registry.create_model("vit", 32, weights="imagenet")
-    built = registry.create_model("vit", 32, weights="auto")
+        builders.create_model("vit", 32, weights="imagenet")
+    built = builders.create_model("vit", 32, weights="auto")
     assert built.weights == registry.WEIGHTS_RANDOM
     assert built.weights_note is not None
     assert "random" in built.weights_note
@@ -492,7 +486,7 @@ def test_vit_has_no_imagenet_weights() -> None:
 @pytest.mark.parametrize("weights", ["pretrained", "ImageNet", "", None])
 def test_unknown_weights_choice_is_a_config_error(weights: Any) -> None:
     with pytest.raises(errors.ConfigError, match="auto, imagenet, none"):
-        registry.create_model("vit", 32, weights=weights)
+        builders.create_model("vit", 32, weights=weights)
 
 
 # Loading refuses what is not a safe kidney_lab classifier.
@@ -500,14 +494,14 @@ def test_unknown_weights_choice_is_a_config_error(weights: Any) -> None:
 
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(registry.ModelLoadError, match="No model file"):
-        registry.load_model(tmp_path / "absent.keras")
+        builders.load_model(tmp_path / "absent.keras")
 
 
 def test_load_random_bytes(tmp_path: Path) -> None:
     path = tmp_path / "model.keras"
     path.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(registry.ModelLoadError, match="Cannot load model"):
-        registry.load_model(path)
+        builders.load_model(path)
 
 
 def test_load_refuses_a_lambda_layer(tmp_path: Path) -> None:
@@ -518,7 +512,7 @@ def test_load_refuses_a_lambda_layer(tmp_path: Path) -> None:
     path = tmp_path / "model.keras"
     keras.Model(inputs, outputs).save(path)
     with pytest.raises(registry.ModelLoadError, match="Lambda"):
-        registry.load_model(path)
+        builders.load_model(path)
 
 
 def test_load_refuses_a_three_class_model(tmp_path: Path) -> None:
@@ -528,4 +522,4 @@ def test_load_refuses_a_three_class_model(tmp_path: Path) -> None:
     path = tmp_path / "model.keras"
     keras.Model(inputs, outputs).save(path)
     with pytest.raises(registry.ModelLoadError, match="4-class"):
-        registry.load_model(path)
+        builders.load_model(path)

@@ -12,6 +12,7 @@ import pytest
 
 from kidney_lab import errors
 from kidney_lab.models import vit
+from kidney_lab.models import vit_presets
 
 TINY_SIZE = 32
 TINY_CONFIG = {
@@ -48,7 +49,7 @@ def test_forward_pass_and_token_grid_shapes(stem_channels: tuple[int, ...]) -> N
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
     grid = TINY_SIZE // TINY_CONFIG["patch_size"]
-    token_grid = model.get_layer(vit.TOKEN_GRID_LAYER)
+    token_grid = model.get_layer(vit_presets.TOKEN_GRID_LAYER)
     assert tuple(token_grid.output.shape) == (None, grid, grid, TINY_CONFIG["dim"])
     grid_model = keras.Model(model.inputs, token_grid.output)
     assert grid_model.predict(tiny_batch(), verbose=0).shape == (4, grid, grid, TINY_CONFIG["dim"])
@@ -61,9 +62,9 @@ def test_backbone_output_is_pooled_features() -> None:
 
 
 def test_default_config_builds_at_min_size() -> None:
-    inputs = keras.Input((vit.MIN_SIZE, vit.MIN_SIZE, 3))
-    features = vit.build_vit(inputs, **vit.DEFAULT_CONFIG)
-    assert tuple(features.shape) == (None, vit.DEFAULT_CONFIG["dim"])
+    inputs = keras.Input((vit_presets.MIN_SIZE, vit_presets.MIN_SIZE, 3))
+    features = vit.build_vit(inputs, **vit_presets.DEFAULT_CONFIG)
+    assert tuple(features.shape) == (None, vit_presets.DEFAULT_CONFIG["dim"])
 
 
 @pytest.mark.parametrize(
@@ -97,8 +98,8 @@ def test_saved_model_loads_safely_and_predicts_the_same(tmp_path: Path) -> None:
     loaded = keras.saving.load_model(path, safe_mode=True)
     result = keras.ops.convert_to_numpy(loaded(images, training=False))
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
-    assert loaded.get_layer(vit.TOKEN_GRID_LAYER).output.shape == model.get_layer(
-        vit.TOKEN_GRID_LAYER
+    assert loaded.get_layer(vit_presets.TOKEN_GRID_LAYER).output.shape == model.get_layer(
+        vit_presets.TOKEN_GRID_LAYER
     ).output.shape
 
     np.save(tmp_path / "images.npy", images)

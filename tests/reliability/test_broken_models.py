@@ -15,6 +15,7 @@ import keras
 import pytest
 
 from kidney_lab import runs
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 
 MODEL, SIZE = "vit", 32
@@ -32,9 +33,9 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     inputs = keras.Input((SIZE, SIZE, 3))
     three = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
     return {
-        "own": _save(registry.create_model(MODEL, SIZE).model, folder / "vit-32.keras"),
-        "mobilenetv2": _save(registry.create_model("mobilenetv2", SIZE).model, folder / "mobilenetv2-32.keras"),
-        "vit-48": _save(registry.create_model(MODEL, 48).model, folder / "vit-48.keras"),
+        "own": _save(builders.create_model(MODEL, SIZE).model, folder / "vit-32.keras"),
+        "mobilenetv2": _save(builders.create_model("mobilenetv2", SIZE).model, folder / "mobilenetv2-32.keras"),
+        "vit-48": _save(builders.create_model(MODEL, 48).model, folder / "vit-48.keras"),
         "three-classes": _save(keras.Model(inputs, three, name="three_classes"), folder / "three.keras"),
     }
 
@@ -106,12 +107,12 @@ def test_a_damaged_model_file_makes_its_run_unusable_and_no_other(
     assert record.state == runs.COMPLETED  # Training did complete; its stored predictions stay valid.
     assert record.model_problem is not None and problem in record.model_problem
     with pytest.raises(registry.ModelLoadError, match=refusal):
-        registry.load_model(broken / runs.MODEL_FILE, model_name=record.model, image_size=SIZE)
+        builders.load_model(broken / runs.MODEL_FILE, model_name=record.model, image_size=SIZE)
 
     listed = {record.run_id: record for record in runs.list_runs(base)}
     assert set(listed) == {intact.name, broken.name}
     assert listed[intact.name].state == runs.COMPLETED and listed[intact.name].model_problem is None
-    model = registry.load_model(intact / runs.MODEL_FILE, model_name=MODEL, image_size=SIZE)
+    model = builders.load_model(intact / runs.MODEL_FILE, model_name=MODEL, image_size=SIZE)
     assert model.name == MODEL and model.input_shape == (None, SIZE, SIZE, 3)
 
 

@@ -26,7 +26,7 @@ import pytest
 from kidney_lab import errors
 from kidney_lab import fileio
 from kidney_lab import runs
-from kidney_lab.models import registry
+from kidney_lab.models import builders
 from kidney_lab.training import callbacks as training_callbacks
 from kidney_lab.training import engine
 from tests.training.test_engine import MODEL, REPOSITORY, SIZE, cli, tiny_config, train_arguments, wait_for
@@ -69,7 +69,7 @@ def history(record: runs.RunRecord) -> list[dict]:
 
 def assert_usable_checkpoint(record: runs.RunRecord) -> None:
     assert record.model_problem is None, record.model_problem
-    registry.load_model(record.path / runs.MODEL_FILE, model_name=MODEL, image_size=SIZE)
+    builders.load_model(record.path / runs.MODEL_FILE, model_name=MODEL, image_size=SIZE)
 
 
 @pytest.mark.slow
@@ -386,7 +386,7 @@ def small_disk(tmp_path: Path):
 
 def test_a_really_full_disk_keeps_the_previous_checkpoint_and_status(small_disk: Path) -> None:
     run = runs.create_run(small_disk, runs.new_run_id(MODEL), {"model": MODEL, "image_size": SIZE})
-    model = registry.create_model(MODEL, SIZE).model
+    model = builders.create_model(MODEL, SIZE).model
     training_callbacks.save_atomically(model, run / runs.MODEL_FILE)
     runs.write_status(run, {"state": runs.RUNNING, "epoch": 1})
     saved = (run / runs.MODEL_FILE).read_bytes()
@@ -405,12 +405,12 @@ def test_a_really_full_disk_keeps_the_previous_checkpoint_and_status(small_disk:
     assert record.state == runs.RUNNING and record.status["epoch"] == 1
     assert (run / runs.MODEL_FILE).read_bytes() == saved and not list(run.glob(".*"))
     assert record.model_problem is None
-    registry.load_model(run / runs.MODEL_FILE, model_name=MODEL, image_size=SIZE)
+    builders.load_model(run / runs.MODEL_FILE, model_name=MODEL, image_size=SIZE)
 
 
 def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / runs.MODEL_FILE
-    first = registry.create_model(MODEL, SIZE).model
+    first = builders.create_model(MODEL, SIZE).model
     training_callbacks.save_atomically(first, path)
     before = path.read_bytes()
     save = keras.Model.save
@@ -421,11 +421,11 @@ def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_pa
         raise _no_space(filepath)
 
     monkeypatch.setattr(keras.Model, "save", half_then_full)
-    second = registry.create_model(MODEL, SIZE).model
+    second = builders.create_model(MODEL, SIZE).model
     with pytest.raises(OSError) as caught:
         training_callbacks.save_atomically(second, path)
     assert caught.value.errno == errno.ENOSPC
     assert path.read_bytes() == before and [item.name for item in tmp_path.iterdir()] == [runs.MODEL_FILE]
-    loaded = registry.load_model(path, model_name=MODEL, image_size=SIZE)
+    loaded = builders.load_model(path, model_name=MODEL, image_size=SIZE)
     pixels = np.full((1, SIZE, SIZE, 3), 128.0, np.float32)
     np.testing.assert_allclose(loaded.predict_on_batch(pixels), first.predict_on_batch(pixels), atol=1e-6)

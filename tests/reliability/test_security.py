@@ -22,6 +22,7 @@ from kidney_lab import workspace as workspace_module
 from kidney_lab.cli import main
 from kidney_lab.data import split as split_module
 from kidney_lab.errors import ConfigError, KidneyLabError, SplitError
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 from kidney_lab.training import jobs
 
@@ -32,7 +33,7 @@ _PICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "job
 _CODE_RUNNERS = {"eval", "exec", "compile", "__import__"}
 _SHELL_CALLS = {("os", "system"), ("os", "popen"), ("subprocess", "getoutput"), ("subprocess", "getstatusoutput")}
 _SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader"}
-# Loaders of Keras models other than kidney_lab's own registry.load_model.
+# Loaders of Keras models other than kidney_lab's own builders.load_model.
 _KERAS_LOADERS = ("keras.saving.load_model", "keras.models.load_model", "tf.keras.models.load_model",
                   "saving.load_model")
 
@@ -178,7 +179,7 @@ def test_a_model_naming_an_unknown_class_is_refused_without_importing_it(tmp_pat
         )
 
     with pytest.raises(registry.ModelLoadError, match="Cannot load model"):
-        registry.load_model(_tampered_model(tmp_path, unknown_class))
+        builders.load_model(_tampered_model(tmp_path, unknown_class))
     assert not (tmp_path / "imported").exists()
     assert "kidney_canary" not in sys.modules
 
@@ -193,7 +194,7 @@ def test_a_model_naming_an_arbitrary_function_is_refused(tmp_path: Path, monkeyp
         }
 
     with pytest.raises(registry.ModelLoadError, match="Cannot load model"):
-        registry.load_model(_tampered_model(tmp_path, shell_activation))
+        builders.load_model(_tampered_model(tmp_path, shell_activation))
     assert called == []
 
 

@@ -21,6 +21,7 @@ from kidney_lab import runs
 from kidney_lab.data import classes
 from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import metrics as metrics_module
+from kidney_lab.models import builders
 from kidney_lab.models import registry
 from kidney_lab.training import callbacks as training_callbacks
 from kidney_lab.training import config
@@ -117,7 +118,7 @@ def test_predictions_are_the_test_split_and_metrics_follow_from_them(finished) -
     assert stored["accuracy"] == pytest.approx(recomputed["accuracy"])
     assert stored["images"] == len(test)
     assert np.asarray(stored["confusion_matrix"]).sum() == len(test)
-    model = registry.load_model(path / runs.MODEL_FILE)
+    model = builders.load_model(path / runs.MODEL_FILE)
     probabilities = table[metrics_module.probability_columns()].to_numpy()
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert model.output_shape == (None, len(classes.CLASS_NAMES))
@@ -193,7 +194,7 @@ def test_a_failing_model_is_marked_failed_with_its_error(phantom_root, tmp_path,
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure while building")
 
-    monkeypatch.setattr(registry, "create_model", broken)
+    monkeypatch.setattr(builders, "create_model", broken)
     result = engine.train(tiny_config(phantom_root, tmp_path))
     assert not result.ok
     record = runs.read_run(result.runs[0].path)
@@ -330,12 +331,12 @@ def test_the_train_json_result_names_the_study_and_runs(phantom_root: Path, tmp_
 def test_pretrained_weights_train_the_head_then_fine_tune_with_batchnorm_frozen(
     phantom_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    real_create = registry.create_model
+    real_create = builders.create_model
     seen: dict[str, list] = {"trainable": []}
 
     def pretend_pretrained(name, image_size=None, weights="none", **kwargs):
         built = real_create(name, image_size=image_size, weights="none", **kwargs)
-        return registry.BuiltModel(built.model, built.spec, built.image_size, registry.WEIGHTS_IMAGENET, None)
+        return builders.BuiltModel(built.model, built.spec, built.image_size, registry.WEIGHTS_IMAGENET, None)
 
     real_fit = keras.Model.fit
 
@@ -345,7 +346,7 @@ def test_pretrained_weights_train_the_head_then_fine_tune_with_batchnorm_frozen(
         seen["trainable"].append((kwargs["initial_epoch"], trainable, batchnorm))
         return real_fit(self, *args, **kwargs)
 
-    monkeypatch.setattr(registry, "create_model", pretend_pretrained)
+    monkeypatch.setattr(builders, "create_model", pretend_pretrained)
     monkeypatch.setattr(keras.Model, "fit", recording_fit)
     result = engine.train(tiny_config(phantom_root, tmp_path, models=("mobilenetv2",), epochs=3, weights="auto"))
     assert result.ok, result.runs[0].error
@@ -366,7 +367,7 @@ def test_mixed_precision_and_cosine_schedule(phantom_root: Path, tmp_path: Path)
     assert result.ok, result.runs[0].error
     info = runs.read_run(result.runs[0].path).info
     assert info.mixed_precision is True
-    model = registry.load_model(result.runs[0].path / runs.MODEL_FILE)
+    model = builders.load_model(result.runs[0].path / runs.MODEL_FILE)
     assert model.get_layer(registry.OUTPUT_LAYER).dtype_policy.compute_dtype == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"
     history = runs.read_history(result.runs[0].path / runs.HISTORY_FILE)
