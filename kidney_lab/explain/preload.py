@@ -11,7 +11,9 @@ explainer cache (:func:`kidney_lab.explain.cam.load_explainer`) that the page re
 
 :func:`start_warm_up` runs it in a background thread, at most once per process for the same
 runs and method, and never raises, so the app can call it on every rerun. Importing this module
-loads no TensorFlow, and neither does a warm-up with nothing to load.
+loads no TensorFlow, nor the scan readers (:mod:`kidney_lab.explain.compare` is imported in the
+thread, so the app's first page does not wait for it), and a warm-up with nothing to load
+imports no TensorFlow either.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import threading
 import time
 from pathlib import Path
 
-from kidney_lab.explain import compare
 from kidney_lab.models import registry
 
 # The method the Compare page opens with.
@@ -34,8 +35,10 @@ BLANK_SIDE = 64
 WARM_UP_VARIABLE = "KIDNEY_LAB_WARM_UP"
 
 _LOGGER = logging.getLogger(__name__)
-_started: set[tuple[str, ...]] = set()
-_started_lock = threading.Lock()
+# The (method, run folders...) warmed up in this process, and the thread doing it.
+_warmed: set[tuple[str, ...]] = set()
+_thread: threading.Thread | None = None
+_thread_lock = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,8 @@ class WarmUp:
 def default_run_folders(workspace: str | os.PathLike[str]) -> list[Path]:
     """The folders of the runs the Compare page opens with in ``workspace``, in registry order
     (:func:`kidney_lab.explain.compare.default_runs`); empty when there is none."""
+    from kidney_lab.explain import compare
+
     chosen = compare.default_runs(compare.usable_runs(workspace), registry.MODEL_NAMES)
     return [record.path for record in chosen.values() if record is not None]
 
@@ -77,6 +82,8 @@ def warm_up(workspace: str | os.PathLike[str], method: str = DEFAULT_METHOD) -> 
         return WarmUp([], [], time.perf_counter() - started)
     import numpy as np
 
+    from kidney_lab.explain import compare
+
     report = compare.explain(folders, np.zeros((BLANK_SIDE, BLANK_SIDE), np.uint8), method=method)
     return WarmUp([result.run_id for result in report.results], list(report.errors),
                   time.perf_counter() - started)
@@ -88,41 +95,45 @@ def warm_up_enabled() -> bool:
 
 
 def start_warm_up(workspace: str | os.PathLike[str], method: str = DEFAULT_METHOD) -> threading.Thread | None:
-    """Start :func:`warm_up` in a background (daemon) thread, unless this process already
-    started it for the same runs and method.
+    """Warm up in a background (daemon) thread the default runs of ``workspace`` that this
+    process has not warmed up yet for ``method`` (see :func:`warm_up`).
 
-    It only lists the run folders before it returns, so an app can call it on every rerun; when
-    the default runs change (a new study is trained), the new ones are loaded. Never raises: a
-    failure, here or in the thread, is logged, and the page then loads its models itself.
+    Returns at once (the thread lists the run folders too), so an app can call it on every
+    rerun; when the default runs change (a new study is trained), the new ones are loaded.
+    Never raises: a failure, here or in the thread, is logged, and the page then loads its
+    models itself.
 
     Returns:
-        The thread, or None when nothing was started (switched off, nothing to load, already
-        started, or a failure).
+        The thread, or None when none was started (switched off, a warm-up still running, or a
+        failure).
     """
+    global _thread
     try:
         if not warm_up_enabled():
             return None
-        folders = default_run_folders(workspace)
-        key = (method, *map(str, folders))
-        with _started_lock:
-            if not folders or key in _started:
+        with _thread_lock:
+            if _thread is not None and _thread.is_alive():
                 return None
-            _started.add(key)
-        thread = threading.Thread(target=_logged_warm_up, args=(workspace, method),
-                                  name="kidney_lab-warm-up", daemon=True)
-        thread.start()
-        return thread
+            _thread = threading.Thread(target=_warm_up_new_runs, args=(workspace, method),
+                                       name="kidney_lab-warm-up", daemon=True)
+            _thread.start()
+            return _thread
     except Exception:  # noqa: BLE001 - a warm-up must never break the page that started it.
         _LOGGER.warning("Could not start loading the Compare models ahead of time.", exc_info=True)
         return None
 
 
-def _logged_warm_up(workspace: str | os.PathLike[str], method: str) -> None:
+def _warm_up_new_runs(workspace: str | os.PathLike[str], method: str) -> None:
+    """:func:`warm_up`, unless this process has warmed up the same runs already; logs, never raises."""
     try:
+        folders = default_run_folders(workspace)
+        key = (method, *map(str, folders))
+        if not folders or key in _warmed:
+            return
+        _warmed.add(key)
         result = warm_up(workspace, method)
+        _LOGGER.info("Loaded %d Compare model(s) ahead of time in %.1f s.", len(result.run_ids), result.seconds)
+        for failure in result.errors:
+            _LOGGER.warning("Run %s was not loaded ahead of time: %s", failure["run_id"], failure["message"])
     except Exception:  # noqa: BLE001 - the thread's last line of defence.
         _LOGGER.warning("Loading the Compare models ahead of time failed.", exc_info=True)
-        return
-    _LOGGER.info("Loaded %d Compare model(s) ahead of time in %.1f s.", len(result.run_ids), result.seconds)
-    for failure in result.errors:
-        _LOGGER.warning("Run %s was not loaded ahead of time: %s", failure["run_id"], failure["message"])

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from kidney_lab.explain import preload
 from kidney_lab.training import jobs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,12 +48,14 @@ def open_app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
     """Run the app on a page with AppTest: ``open_app(workspace, page=..., data=...)``.
 
     The workspace and dataset folder are given through the environment, as for a real app.
-    ``page`` is a script path such as ``"pages/train.py"``; the Home page by default.
+    ``page`` is a script path such as ``"pages/train.py"``; the Home page by default. The
+    background warm-up of the Compare models is off, so no test's models load behind its back.
     """
     from streamlit.testing.v1 import AppTest
 
     def open_page(workspace: Path, page: str | None = None, data: Path | None = None) -> AppTest:
         monkeypatch.setenv("KIDNEY_LAB_WORKSPACE", str(workspace))
+        monkeypatch.setenv(preload.WARM_UP_VARIABLE, "0")
         if data is None:
             monkeypatch.delenv("KIDNEY_LAB_DATA", raising=False)
         else:

@@ -11,6 +11,7 @@ import pytest
 from kidney_lab import runs
 from kidney_lab import workspace as workspace_module
 from kidney_lab.data.classes import CLASS_NAMES
+from kidney_lab.explain import preload
 from pages import common
 from tests.app.helpers import texts
 
@@ -28,6 +29,16 @@ def test_every_page_renders_an_empty_workspace(open_app, tmp_path, page):
     _no_exception(app)
     assert not app.error, [element.value for element in app.error]
     assert app.title[0].value == ("kidney_lab" if page == "pages/home.py" else common.page_info(page).title)
+
+
+@pytest.mark.parametrize("page", ["pages/home.py", "pages/dataset.py"])
+def test_the_app_starts_loading_the_compare_models_after_the_page(open_app, tmp_path, monkeypatch, page):
+    started = []
+    monkeypatch.setattr(preload, "start_warm_up", lambda workspace: started.append(workspace))
+    app = open_app(tmp_path / "workspace", page=page)
+    _no_exception(app)
+    # Every run of the app script asks (the library starts it once per process and runs).
+    assert started and set(started) == {workspace_module.default_workspace()}
 
 
 @pytest.mark.parametrize("page", PAGE_PATHS)
