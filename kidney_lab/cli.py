@@ -470,7 +470,6 @@ def _run_explain_eval(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_models(arguments: argparse.Namespace) -> dict[str, Any]:
-    _start_tensorflow_quietly()
     from kidney_lab.models.registry import REGISTRY, describe
 
     print(f"{'name':<15} {'model':<19} {'size':>4} {'min':>4}  {'Grad-CAM layer':<18} {'demo recipe':<26} preprocessing")

@@ -117,6 +117,11 @@ def test_a_registry_fact_needs_no_tensorflow_but_building_does() -> None:
     assert heavy_modules_after(code + "from kidney_lab.models import builders\n") == list(HEAVY)
 
 
+def test_listing_the_models_on_the_command_line_needs_no_tensorflow() -> None:
+    code = "from kidney_lab import cli\nassert cli.main(['models']) == 0\n"
+    assert heavy_modules_after(code) == []
+
+
 @pytest.fixture
 def light_workspace(tmp_path: Path) -> dict[str, str]:
     """A workspace with one completed run per architecture in one study (placeholder model
