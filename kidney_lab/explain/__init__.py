@@ -10,7 +10,8 @@ is drawn in RGB, and is measured against the phantoms' lesion masks.
 - :mod:`kidney_lab.explain.compare`: one scan through several runs, failures kept per run;
 - :mod:`kidney_lab.explain.render`: colour maps, overlays and PNG bytes;
 - :mod:`kidney_lab.explain.faithfulness`: pointing game, energy in the lesion mask, deletion and
-  insertion curves, and the model-randomisation sanity check.
+  insertion curves, and the model-randomisation sanity check;
+- :mod:`kidney_lab.explain.preload`: the app's warm-up of the models Compare opens with.
 
 The names the app uses are importable from the package itself (``from kidney_lab.explain
 import explain, overlay``), resolved on first use as in :mod:`kidney_lab.evaluation`, so that
