@@ -43,13 +43,6 @@ MODEL_MODULES = {
     "kidney_lab.models.builders",
 }
 
-# Page imports that still load TensorFlow, with the change that ends it. Delete an entry once
-# that change is merged (its module then no longer shows up among the pages' imports).
-NOT_YET_LIGHT = {
-    "kidney_lab.training.callbacks": "pages/common.py reads history.csv through training.callbacks "
-                                     "until read_history moves into kidney_lab.runs (issue 13, item 1)",
-}
-
 APP_FILE = REPO_ROOT / "streamlit_app.py"
 # The pages that open on a workspace with runs without TensorFlow. Compare loads it as soon as
 # it has a run to offer (its method picker reads the methods from kidney_lab.explain.cam).
@@ -86,17 +79,12 @@ def page_imports() -> list[str]:
     return sorted(found)
 
 
-def _page_import_params() -> list[object]:
-    return [pytest.param(name, marks=pytest.mark.xfail(reason=NOT_YET_LIGHT[name], strict=False))
-            if name in NOT_YET_LIGHT else name for name in sorted(set(page_imports()) - MODEL_MODULES)]
-
-
 @pytest.mark.parametrize("module", LIGHT_MODULES)
 def test_module_imports_without_tensorflow(module: str) -> None:
     assert heavy_modules_after(f"import {module}") == []
 
 
-@pytest.mark.parametrize("module", _page_import_params())
+@pytest.mark.parametrize("module", sorted(set(page_imports()) - MODEL_MODULES))
 def test_what_a_page_imports_needs_no_tensorflow(module: str) -> None:
     assert heavy_modules_after(f"import {module}") == []
 
