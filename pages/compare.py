@@ -240,11 +240,11 @@ def choose_settings() -> Settings:
     method_column, target_column, opacity_column, colour_column = st.columns([4, 2.2, 2, 1.2])
     methods = [cam.get_method(name) for name in cam.method_names()]
     method = method_column.segmented_control(
-        "Method", [chosen.name for chosen in methods], default="gradcam", required=True, key="compare-method",
+        "Method", [chosen.name for chosen in methods], default=compare.DEFAULT_METHOD, required=True, key="compare-method",
         format_func=lambda name: cam.get_method(name).display_name,
         help="\n\n".join(f"{chosen.display_name}: {chosen.help}" for chosen in methods),
     )
-    chosen = cam.get_method(method or "gradcam")
+    chosen = cam.get_method(method or compare.DEFAULT_METHOD)
     # A method whose map is the same for every class has no class to choose.
     target = target_column.selectbox(
         "Explain the class", [OWN_PREDICTION, *CLASS_NAMES], key="compare-target",

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 RunRef = str | os.PathLike
 # Which runs the Compare page uses when nobody chose (see default_runs), in words.
 DEFAULT_RUNS_RULE = "the latest completed run of each architecture in the newest study"
+# The explanation method the Compare page opens with (and the app warms up).
+DEFAULT_METHOD = "gradcam"
 
 
 @dataclasses.dataclass(frozen=True)

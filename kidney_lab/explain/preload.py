@@ -27,8 +27,6 @@ from pathlib import Path
 
 from kidney_lab.models import registry
 
-# The method the Compare page opens with.
-DEFAULT_METHOD = "gradcam"
 # The side in pixels of the blank image each model explains once.
 BLANK_SIDE = 64
 # Set to 0 (or no, off, false) to switch the background warm-up off.
@@ -66,7 +64,7 @@ def default_run_folders(workspace: str | os.PathLike[str]) -> list[Path]:
     return [record.path for record in chosen.values() if record is not None]
 
 
-def warm_up(workspace: str | os.PathLike[str], method: str = DEFAULT_METHOD) -> WarmUp:
+def warm_up(workspace: str | os.PathLike[str], method: str | None = None) -> WarmUp:
     """Load the Compare page's default runs and trace their compiled passes for ``method``.
 
     Each model explains one blank image, so the page's first real scan finds the explainer
@@ -84,7 +82,8 @@ def warm_up(workspace: str | os.PathLike[str], method: str = DEFAULT_METHOD) -> 
 
     from kidney_lab.explain import compare
 
-    report = compare.explain(folders, np.zeros((BLANK_SIDE, BLANK_SIDE), np.uint8), method=method)
+    report = compare.explain(folders, np.zeros((BLANK_SIDE, BLANK_SIDE), np.uint8),
+                             method=method or compare.DEFAULT_METHOD)
     return WarmUp([result.run_id for result in report.results], list(report.errors),
                   time.perf_counter() - started)
 
@@ -94,7 +93,7 @@ def warm_up_enabled() -> bool:
     return os.environ.get(WARM_UP_VARIABLE, "").strip().lower() not in ("0", "no", "off", "false")
 
 
-def start_warm_up(workspace: str | os.PathLike[str], method: str = DEFAULT_METHOD) -> threading.Thread | None:
+def start_warm_up(workspace: str | os.PathLike[str], method: str | None = None) -> threading.Thread | None:
     """Warm up in a background (daemon) thread the default runs of ``workspace`` that this
     process has not warmed up yet for ``method`` (see :func:`warm_up`).
 
@@ -123,9 +122,12 @@ def start_warm_up(workspace: str | os.PathLike[str], method: str = DEFAULT_METHO
         return None
 
 
-def _warm_up_new_runs(workspace: str | os.PathLike[str], method: str) -> None:
+def _warm_up_new_runs(workspace: str | os.PathLike[str], method: str | None) -> None:
     """:func:`warm_up`, unless this process has warmed up the same runs already; logs, never raises."""
     try:
+        from kidney_lab.explain import compare
+
+        method = method or compare.DEFAULT_METHOD
         folders = default_run_folders(workspace)
         key = (method, *map(str, folders))
         if not folders or key in _warmed:

@@ -49,8 +49,8 @@ def test_warm_up_loads_and_traces_the_default_runs(vit_run: Path, tmp_path: Path
     shutil.copytree(vit_run, workspace / vit_run.name)
     result = preload.warm_up(workspace)
     assert result.run_ids == [vit_run.name] and result.errors == []
-    assert cam.cached_explainers() == [(vit_run.name, preload.DEFAULT_METHOD)]
-    explainer = cam.load_explainer(workspace / vit_run.name, preload.DEFAULT_METHOD)
+    assert cam.cached_explainers() == [(vit_run.name, compare.DEFAULT_METHOD)]
+    explainer = cam.load_explainer(workspace / vit_run.name, compare.DEFAULT_METHOD)
     assert explainer.traces == 1
     # The page's first real scan finds the explainer traced: nothing is traced again.
     report = compare.explain([workspace / vit_run.name], lesion_phantom())
@@ -84,7 +84,7 @@ def test_start_warm_up_warms_each_set_of_runs_once(monkeypatch: pytest.MonkeyPat
     placeholder_runs(tmp_path)
     preload.start_warm_up(tmp_path).join(10)
     preload.start_warm_up(tmp_path).join(10)  # A rerun of the app script.
-    assert calls == [(tmp_path, preload.DEFAULT_METHOD)]
+    assert calls == [(tmp_path, compare.DEFAULT_METHOD)]
     # A new study changes the default runs: they are loaded too.
     placeholder_runs(tmp_path, ("vit",), hour=11)
     preload.start_warm_up(tmp_path).join(10)
