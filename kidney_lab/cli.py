@@ -331,6 +331,7 @@ class _TrainingProgress:
 
 def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
     _start_tensorflow_quietly()
+    from kidney_lab.evaluation import stats
     from kidney_lab.evaluation.evaluate import evaluate
 
     result = evaluate(arguments.run, arguments.data, workspace=arguments.workspace)
@@ -340,7 +341,13 @@ def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
           f"{where} ({result['split_kind']})")
     print(f"  accuracy {result['accuracy']:.3f} [{intervals['accuracy'][0]:.3f}, {intervals['accuracy'][1]:.3f}]"
           f"  macro F1 {result['macro_f1']:.3f} [{intervals['macro_f1'][0]:.3f}, {intervals['macro_f1'][1]:.3f}]"
-          f"  ({intervals['level']:.0%} bootstrap intervals, {intervals['resamples']} resamples)")
+          f"  ({intervals['level']:.0%} bootstrap intervals, {intervals['resamples']} resamples, "
+          f"{stats.resampling_words(intervals)})")
+    per_class = result["clusters_per_class"]
+    if per_class is not None:
+        print("  clusters " + "  ".join(f"{name} {count}" for name, count in per_class.items()))
+    for sentence in stats.few_cluster_warnings(per_class):
+        print(f"  warning: {sentence}")
     auc = "n/a" if result["macro_roc_auc"] is None else f"{result['macro_roc_auc']:.3f}"
     print(f"  balanced accuracy {result['balanced_accuracy']:.3f}  macro AUC {auc}  "
           f"ECE {result['ece']:.3f}  loss {result['loss']:.3f}")
@@ -350,7 +357,7 @@ def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
     print(f"Predictions {result['predictions']}\nMetrics {result['metrics']}")
     fields = ("run_id", "model", "images", "accuracy", "macro_f1", "predictions", "metrics", "evaluated_on",
               "split_kind", "data", "fingerprint", "balanced_accuracy", "macro_roc_auc", "ece", "loss",
-              "test_with_duplicate_in_train")
+              "test_with_duplicate_in_train", "intervals", "clusters_per_class", "few_clusters")
     return {**{field: result[field] for field in fields},
             "accuracy_ci": intervals["accuracy"], "macro_f1_ci": intervals["macro_f1"]}
 
