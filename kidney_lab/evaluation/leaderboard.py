@@ -43,12 +43,13 @@ from kidney_lab import errors
 from kidney_lab import fileio
 from kidney_lab import runs
 from kidney_lab import workspace as workspace_module
+from kidney_lab.evaluation import cv as cv_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
 from kidney_lab.models import registry
 
-CV_KIND = "cv"
+CV_KIND = cv_module.CV_KIND
 SPLIT_KINDS = ("random", "grouped", store.EXTERNAL_KIND, CV_KIND)
 # The explanation method whose faithfulness scores the leaderboard shows.
 FAITHFULNESS_METHOD = "gradcam"
@@ -136,7 +137,7 @@ def leaderboard(
                 skipped.append(_skip(record.path, f"evaluation {evaluation['source']}: {error}"))
     for folder in runs.list_cv_results(base):
         try:
-            summary = _read_cv(folder)
+            summary = cv_module.read_result(folder)
             if study_id is not None and summary.get("study_id") != study_id:
                 continue
             if not summary.get("complete"):
@@ -244,18 +245,6 @@ def _score_columns(predictions: pd.DataFrame, split_kind: str | None) -> dict[st
     }
 
 
-def _read_cv(folder: Path) -> dict[str, Any]:
-    """The ``cv.json`` of a pooled cross-validation folder.
-
-    Raises:
-        ValueError: it is not a JSON object.
-    """
-    summary = fileio.read_json(runs.cv_path(folder))
-    if not isinstance(summary, dict):
-        raise ValueError(f"{runs.cv_path(folder)} does not hold a JSON object")
-    return summary
-
-
 def _cv_row_id(base: Path, folder: Path) -> str:
     """A cross-validation row's id: its folder under the workspace, ``cv/<study_id>/<model>``."""
     try:
@@ -321,11 +310,11 @@ def _cv_row(base: Path, folder: Path, summary: dict[str, Any], predictions: pd.D
 def _fold_macro_f1(predictions: pd.DataFrame, summary: dict[str, Any]) -> list[float]:
     """Each fold's macro F1, from its rows of the pooled table (``fold`` column), or from
     ``cv.json``'s ``folds_macro_f1`` for a table without that column."""
-    if "fold" not in predictions.columns:
-        return [float(value) for value in summary.get("folds_macro_f1") or []]
+    if cv_module.FOLD_COLUMN not in predictions.columns:
+        return [float(value) for value in summary.get("folds_macro_f1") or [] if value is not None]
     return [
         metrics_module.compute_metrics(rows, intervals=False)["macro_f1"]
-        for _fold, rows in predictions.groupby("fold", sort=True)
+        for _fold, rows in predictions.groupby(cv_module.FOLD_COLUMN, sort=True)
     ]
 
 
