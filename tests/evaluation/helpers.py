@@ -7,8 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kidney_lab import fileio
+from kidney_lab import runs
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.evaluation import metrics
+from kidney_lab.evaluation import stats
+
+# The study of the hand-made run folders.
+STUDY = "study-20260101-120000-ab12"
 
 # Eight images, two per class, with probabilities in class order (Cyst, Normal, Stone, Tumor).
 # Every expected number in test_metrics.py was worked out by hand from these rows.
@@ -89,10 +95,6 @@ def write_cv_result(
     """A pooled cross-validation folder in the format of ``evaluation/cv.py``: ``cv.json``,
     ``predictions.csv`` (``table`` with a ``fold`` column: cluster ``c`` in fold ``c % folds``)
     and ``metrics.json`` (:func:`stats.metrics_with_intervals` of the table plus the cv facts)."""
-    from kidney_lab import fileio
-    from kidney_lab import runs
-    from kidney_lab.evaluation import stats
-
     folder = runs.cv_result_folder(workspace, study_id, model)
     pooled = table.assign(fold=table[metrics.CLUSTER_COLUMN].astype(int) % folds)
     per_fold = [metrics.compute_metrics(rows, intervals=False) for _, rows in pooled.groupby("fold")]
@@ -116,3 +118,35 @@ def write_cv_result(
         fileio.atomic_write_json(runs.metrics_path(folder), {**stats.metrics_with_intervals(pooled, "cv"), **facts})
     fileio.atomic_write_json(runs.cv_path(folder), facts)
     return folder
+
+
+def fake_run(
+    workspace: Path,
+    model: str,
+    table: pd.DataFrame | None,
+    *,
+    study: str = STUDY,
+    split: str = "grouped",
+    fingerprint: str = "aaaa11112222",
+) -> Path:
+    """A finished run folder whose test predictions are ``table`` (none if None)."""
+    info = {
+        "model": model, "study_id": study, "split_strategy": split, "dataset_fingerprint": fingerprint,
+        "image_size": 32, "weights": "random", "epochs_trained": 2, "train_seconds": 3.5,
+        "parameters": 1234, "test_with_duplicate_in_train": 7 if split == "random" else 0,
+    }
+    path = runs.create_run(workspace, runs.new_run_id(model), info)
+    if table is not None:
+        write_evaluation(path, runs.TEST_SOURCE, table, split_kind=split, fingerprint=fingerprint)
+    runs.mark_finished(path, runs.COMPLETED)
+    return path
+
+
+def write_evaluation(path: Path, source: str, table: pd.DataFrame, **stored) -> None:
+    """Store ``table`` as evaluation ``source`` of the run at ``path``, with a small metrics.json."""
+    from kidney_lab import fileio
+    with fileio.atomic_path(runs.predictions_path(path, source)) as temporary:
+        table.to_csv(temporary, index=False)
+    fileio.atomic_write_json(
+        runs.metrics_path(path, source), {"ms_per_image_batch_1": 2.5, "model_bytes": 4096, **stored}
+    )

@@ -14,40 +14,9 @@ from kidney_lab import runs
 from kidney_lab.evaluation import leaderboard as leaderboard_module
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
-from tests.evaluation.helpers import clustered_table, random_table, write_cv_result
+from tests.evaluation.helpers import STUDY, clustered_table, fake_run, random_table, write_cv_result, write_evaluation
 
-STUDY = "study-20260101-120000-ab12"
 OTHER_STUDY = "study-20260101-130000-cd34"
-
-
-def fake_run(
-    workspace: Path,
-    model: str,
-    table: pd.DataFrame | None,
-    *,
-    study: str = STUDY,
-    split: str = "grouped",
-    fingerprint: str = "aaaa11112222",
-) -> Path:
-    """A finished run folder whose test predictions are ``table`` (none if None)."""
-    info = {
-        "model": model, "study_id": study, "split_strategy": split, "dataset_fingerprint": fingerprint,
-        "image_size": 32, "weights": "random", "epochs_trained": 2, "train_seconds": 3.5,
-        "parameters": 1234, "test_with_duplicate_in_train": 7 if split == "random" else 0,
-    }
-    path = runs.create_run(workspace, runs.new_run_id(model), info)
-    if table is not None:
-        write_evaluation(path, runs.TEST_SOURCE, table, split_kind=split, fingerprint=fingerprint)
-    runs.mark_finished(path, runs.COMPLETED)
-    return path
-
-
-def write_evaluation(path: Path, source: str, table: pd.DataFrame, **stored) -> None:
-    with fileio.atomic_path(runs.predictions_path(path, source)) as temporary:
-        table.to_csv(temporary, index=False)
-    fileio.atomic_write_json(
-        runs.metrics_path(path, source), {"ms_per_image_batch_1": 2.5, "model_bytes": 4096, **stored}
-    )
 
 
 @pytest.fixture(scope="module")
