@@ -144,7 +144,6 @@ def fake_run(
 
 def write_evaluation(path: Path, source: str, table: pd.DataFrame, **stored) -> None:
     """Store ``table`` as evaluation ``source`` of the run at ``path``, with a small metrics.json."""
-    from kidney_lab import fileio
     with fileio.atomic_path(runs.predictions_path(path, source)) as temporary:
         table.to_csv(temporary, index=False)
     fileio.atomic_write_json(
