@@ -482,6 +482,36 @@ def cluster_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     return result.sort_values(["correct", "cluster"], kind="stable").reset_index(drop=True)
 
 
+def series_scores(table: pd.DataFrame) -> dict[str, Any]:
+    """Series-level results beside the slice-level metrics: each cluster's verdict
+    (:func:`cluster_verdicts`), how many series are right, and that per class (by a series'
+    label).
+
+    Returns:
+        ``verdicts`` (the DataFrame of :func:`cluster_verdicts`, wrong series first), ``series``,
+        ``right``, ``accuracy`` (the share of series whose verdict is their label), and
+        ``per_class``: for every class, ``series``, ``right`` and ``recall`` (``None`` for a class
+        without series).
+
+    Raises:
+        metrics.PredictionsError: see :func:`cluster_verdicts`.
+    """
+    verdicts = cluster_verdicts(table)
+    per_class = {}
+    for name in classes.CLASS_NAMES:
+        own = verdicts[verdicts["true_label"] == name]
+        right = int(own["correct"].sum())
+        per_class[name] = {"series": int(len(own)), "right": right, "recall": right / len(own) if len(own) else None}
+    right = int(verdicts["correct"].sum())
+    return {
+        "verdicts": verdicts,
+        "series": int(len(verdicts)),
+        "right": right,
+        "accuracy": right / len(verdicts),
+        "per_class": per_class,
+    }
+
+
 def _paired(table_a: pd.DataFrame, table_b: pd.DataFrame, test: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both checked tables indexed by path, B's rows in A's order.
 

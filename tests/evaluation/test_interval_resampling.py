@@ -86,3 +86,14 @@ def test_paired_comparison_keeps_series_together_off_random_splits() -> None:
     # One table without clusters: McNemar's test, with the reason.
     old = stats.paired_comparison(a, b.drop(columns=metrics.CLUSTER_COLUMN), "grouped")
     assert old["test"] == "mcnemar" and "without their near-duplicate clusters" in old["reason"]
+
+
+def test_series_scores_count_the_series_each_verdict_gets_right() -> None:
+    table = clustered_table(PER_CLASS, seed=6, skill=1.0)
+    result = stats.series_scores(table)
+    verdicts = stats.cluster_verdicts(table)
+    assert result["series"] == 10 and result["right"] == int(verdicts["correct"].sum())
+    assert result["accuracy"] == result["right"] / 10
+    assert {name: item["series"] for name, item in result["per_class"].items()} == PER_CLASS
+    normal = verdicts[verdicts["true_label"] == "Normal"]
+    assert result["per_class"]["Normal"]["recall"] == float(normal["correct"].mean())
