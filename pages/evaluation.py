@@ -736,7 +736,10 @@ def two_runs(catalogue: dict[str, dict[str, Any]]) -> None:
         st.error(f"{name_a} and {name_b} cannot be compared: {error}", icon=":material/block:")
         return
     place = "the test split" if source == runs.TEST_SOURCE else f"the folder `{evaluations_a[source].get('data')}`"
-    st.caption(f"Paired image by image: both runs' predictions of the same {result['images']:,} images of {place}.")
+    pairing = (f"series by series: both runs' predictions of the same {result['clusters']:,} series "
+               f"({result['images']:,} images)" if result["test"] == "cluster" else
+               f"image by image: both runs' predictions of the same {result['images']:,} images")
+    st.caption(f"Paired {pairing} of {place}.")
     scores_a = scores_of(str(record_a.path), source, stamp(record_a.path, source))
     scores_b = scores_of(str(record_b.path), source, stamp(record_b.path, source))
     draw_pair_summary(name_a, name_b, scores_a, scores_b)

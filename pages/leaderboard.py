@@ -208,11 +208,14 @@ def draw_few_clusters(table: pd.DataFrame, labels: dict[str, str]) -> None:
     few = table[table["cluster_warning"].notna()]
     if few.empty:
         return
-    lines = [f"- **{row.display_name or row.model}** ({where(row.split, row.evaluated_on)}, group "
-             f"{labels.get(row.comparable_group, '?')}): {row.cluster_warning}" for row in few.itertuples(index=False)]
+    lines = []
+    for row in few.itertuples(index=False):
+        classes = ", ".join(f"{name} on {row.clusters_per_class[name]}" for name in row.few_clusters)
+        lines.append(f"- **{row.display_name or row.model}** ({where(row.split, row.evaluated_on)}, group "
+                     f"{labels.get(row.comparable_group, '?')}): {classes}")
     st.warning(
-        f"{len(few)} row(s) rest on fewer than three near-duplicate clusters (series) for some class: such a class's "
-        "recall is one or two patients' recall, whatever the number of slices.\n\n" + "\n".join(lines),
+        f"{len(few)} row(s) have a class that rests on fewer than three near-duplicate clusters (series): its recall "
+        "is one or two patients' recall, whatever the number of slices.\n\n" + "\n".join(lines),
         icon=":material/groups:",
     )
 

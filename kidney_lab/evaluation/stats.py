@@ -174,15 +174,15 @@ def interval_resampling(table: pd.DataFrame, split_kind: str | None) -> tuple[st
     """
     if split_kind in IMAGE_RESAMPLED_KINDS:
         return "image", (
-            "random split: images resampled as if independent (its test series are also in "
-            "training, so the interval says how well the model knows those series)"
+            "random split: its test series are also in training, so the interval says how well the "
+            "model knows those series"
         )
     if not has_clusters(table):
         return "image", (
-            "images resampled as if independent: these predictions were stored without their "
-            "near-duplicate clusters; evaluate the run again for intervals over series"
+            "these predictions were stored without their near-duplicate clusters; evaluate the run "
+            "again for intervals over series"
         )
-    return "cluster", "whole near-duplicate clusters (series) resampled, since a series' slices are not independent"
+    return "cluster", "a series' slices are not independent, so whole series are drawn"
 
 
 def metrics_with_intervals(

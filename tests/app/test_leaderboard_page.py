@@ -141,9 +141,9 @@ def test_cross_validation_rows_show_their_folds_resampling_and_few_series(open_a
     assert cv_row["p vs best"] == pytest.approx(truth["p_vs_best"])
     assert table.loc[random_run.name, "resampled"] == "images"
     warning = " ".join(element.value for element in app.warning)
-    assert "rest on fewer than three near-duplicate clusters" in warning
-    assert "Normal rests on 2 near-duplicate clusters (series): its recall is one or two patients' recall." in warning
-    assert "**Vision Transformer** (cross-validation, out-of-fold" in warning
+    assert "have a class that rests on fewer than three near-duplicate clusters (series): its recall is one or two " \
+        "patients' recall" in warning
+    assert "**Vision Transformer** (cross-validation, out-of-fold, group A): Normal on 2" in warning
     assert app.selectbox(key="leaderboard_split").options == ["All", "grouped", "cv", "random"]
     # The actions are for runs: the CV rows are not offered.
     assert all("cross-validation" not in option for option in app.selectbox(key="leaderboard_row").options)
