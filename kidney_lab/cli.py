@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     board = commands.add_parser("leaderboard", help="rank evaluated runs, only against runs tested on the same images")
     board.add_argument("--study", default=None, help="only runs of this study id")
-    board.add_argument("--split", choices=("random", "grouped", "external"), default=None,
+    board.add_argument("--split", choices=("random", "grouped", "external", "cv"), default=None,
                        help="only rows evaluated on this kind of split")
     board.add_argument("--fingerprint", default=None, help="only rows evaluated on the dataset with this fingerprint")
     board.add_argument("--no-external", action="store_true", help="leave out evaluations of external folders")
@@ -331,6 +331,7 @@ class _TrainingProgress:
 
 def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
     _start_tensorflow_quietly()
+    from kidney_lab.evaluation import stats
     from kidney_lab.evaluation.evaluate import evaluate
 
     result = evaluate(arguments.run, arguments.data, workspace=arguments.workspace)
@@ -340,7 +341,13 @@ def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
           f"{where} ({result['split_kind']})")
     print(f"  accuracy {result['accuracy']:.3f} [{intervals['accuracy'][0]:.3f}, {intervals['accuracy'][1]:.3f}]"
           f"  macro F1 {result['macro_f1']:.3f} [{intervals['macro_f1'][0]:.3f}, {intervals['macro_f1'][1]:.3f}]"
-          f"  ({intervals['level']:.0%} bootstrap intervals, {intervals['resamples']} resamples)")
+          f"  ({intervals['level']:.0%} bootstrap intervals, {intervals['resamples']} resamples, "
+          f"{stats.resampling_words(intervals)})")
+    per_class = result["clusters_per_class"]
+    if per_class is not None:
+        print("  clusters " + "  ".join(f"{name} {count}" for name, count in per_class.items()))
+    for sentence in stats.few_cluster_warnings(per_class):
+        print(f"  warning: {sentence}")
     auc = "n/a" if result["macro_roc_auc"] is None else f"{result['macro_roc_auc']:.3f}"
     print(f"  balanced accuracy {result['balanced_accuracy']:.3f}  macro AUC {auc}  "
           f"ECE {result['ece']:.3f}  loss {result['loss']:.3f}")
@@ -350,7 +357,7 @@ def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
     print(f"Predictions {result['predictions']}\nMetrics {result['metrics']}")
     fields = ("run_id", "model", "images", "accuracy", "macro_f1", "predictions", "metrics", "evaluated_on",
               "split_kind", "data", "fingerprint", "balanced_accuracy", "macro_roc_auc", "ece", "loss",
-              "test_with_duplicate_in_train")
+              "test_with_duplicate_in_train", "intervals", "clusters_per_class", "few_clusters")
     return {**{field: result[field] for field in fields},
             "accuracy_ci": intervals["accuracy"], "macro_f1_ci": intervals["macro_f1"]}
 
@@ -362,10 +369,13 @@ def _run_leaderboard(arguments: argparse.Namespace) -> dict[str, Any]:
     table = leaderboard(arguments.workspace, study_id=arguments.study, split=arguments.split,
                         fingerprint=arguments.fingerprint, include_external=not arguments.no_external)
     shown = table[["comparable_group", "rank", "display_name", "split", "images", "accuracy", "accuracy_ci_low",
-                   "accuracy_ci_high", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "mcnemar_p_vs_best",
-                   "run_id"]]
+                   "accuracy_ci_high", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "interval_resampling",
+                   "macro_f1_fold_mean", "macro_f1_fold_sd", "p_vs_best", "p_test", "run_id"]].assign(
+        clusters_per_class=[_clusters_text(value) for value in table["clusters_per_class"]])
     print(shown.to_string(index=False, float_format=lambda value: f"{value:.3f}") if len(shown) else "No evaluated runs.")
     print(table.attrs["note"])
+    for row in table[table["cluster_warning"].notna()].itertuples(index=False):
+        print(f"warning: {row.display_name or row.model} ({row.run_id}, {row.split}): {row.cluster_warning}")
     for entry in table.attrs["skipped"]:
         print(f"skipped {entry['run_id']}: {entry['reason']}", file=sys.stderr)
     if arguments.csv:
@@ -376,6 +386,13 @@ def _run_leaderboard(arguments: argparse.Namespace) -> dict[str, Any]:
     rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
     return {"rows": rows, "note": table.attrs["note"], "groups": table.attrs["groups"],
             "skipped": table.attrs["skipped"]}
+
+
+def _clusters_text(per_class: Any) -> str:
+    """Clusters per class in a table cell, "Cyst 4/Normal 1/Stone 3/Tumor 2"; "-" when not known."""
+    if not isinstance(per_class, dict):
+        return "-"
+    return "/".join(f"{name} {count}" for name, count in per_class.items())
 
 
 def _run_model_card(arguments: argparse.Namespace) -> dict[str, Any]:

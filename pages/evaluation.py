@@ -2,9 +2,12 @@
 
 Everything drawn comes from a run's stored evaluation (``predictions.csv``, one row per image,
 read and validated by :mod:`kidney_lab.evaluation.store`) through the library's functions:
-:func:`~kidney_lab.evaluation.metrics.compute_metrics` (scores, intervals, confusion matrix,
-calibration), the ROC and precision-recall curves, :func:`~kidney_lab.evaluation.stats.mcnemar`
-for two runs, ``history.csv`` for the training curves and ``faithfulness.json`` for the heat
+:func:`~kidney_lab.evaluation.stats.metrics_with_intervals` (scores, confusion matrix,
+calibration, and intervals that resample near-duplicate clusters, roughly CT series, except on a
+random split, each saying which), the series-level verdicts of
+:func:`~kidney_lab.evaluation.stats.series_scores`, the ROC and precision-recall curves,
+:func:`~kidney_lab.evaluation.stats.compare_runs` for two runs (the paired cluster test on a
+grouped split or a folder, McNemar's test on a random split), ``history.csv`` for the training curves and ``faithfulness.json`` for the heat
 maps. A run evaluated on another folder keeps that evaluation beside its test split; the page
 can start one as a background job (``python -m kidney_lab evaluate RUN --data DIR``, see
 :func:`kidney_lab.training.jobs.start_evaluate_job`), shows its progress from the job's files
@@ -24,6 +27,7 @@ import streamlit as st
 from kidney_lab import runs
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.evaluation import metrics
+from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
 from kidney_lab.training import jobs
 from pages import common
@@ -35,6 +39,7 @@ RUN_PARAMETER = "run"
 SOURCE_PARAMETER = "source"
 OTHER_PARAMETER = "compare"
 MISTAKES_SHOWN = 24
+
 MISTAKE_COLUMNS = 6
 # Pixels on a side of a cell's thumbnails (about two columns' width, so they stay sharp).
 THUMBNAIL_SIDE = 256
@@ -207,17 +212,20 @@ def predictions_of(path: str, source: str, mtime_ns: int) -> pd.DataFrame:
 
 @st.cache_data(max_entries=32, ttl=3600, show_spinner="Scoring the stored predictions ...")
 def scores_of(path: str, source: str, mtime_ns: int) -> dict[str, Any]:
-    """:func:`compute_metrics` of one evaluation plus its ``roc`` and ``pr`` curves."""
+    """:func:`stats.metrics_with_intervals` of one evaluation (its split kind decides the
+    resampling) plus its ``roc`` and ``pr`` curves, and ``series`` (:func:`stats.series_scores`,
+    ``None`` when the predictions do not know their clusters)."""
     table = predictions_of(path, source, mtime_ns)
-    return {**metrics.compute_metrics(table), "roc": metrics.roc_curves(table), "pr": metrics.pr_curves(table)}
+    scores = stats.metrics_with_intervals(table, store.split_kind(path, source))
+    series = stats.series_scores(table) if stats.has_clusters(table) else None
+    return {**scores, "roc": metrics.roc_curves(table), "pr": metrics.pr_curves(table), "series": series}
 
 
 @st.cache_data(max_entries=16, ttl=3600, show_spinner="Pairing the two runs' predictions ...")
 def paired(path_a: str, path_b: str, source: str, mtimes: tuple[int, int]) -> dict[str, Any]:
-    """McNemar's test between two runs' evaluations ``source``; ``mtimes`` is part of the cache key only."""
-    from kidney_lab.evaluation import stats
-
-    return stats.mcnemar(predictions_of(path_a, source, mtimes[0]), predictions_of(path_b, source, mtimes[1]))
+    """:func:`stats.compare_runs` of two runs' evaluations ``source`` (the cluster test or McNemar's,
+    as their split calls for); ``mtimes`` is part of the cache key only."""
+    return stats.compare_runs(path_a, path_b, source)
 
 
 def stored_metrics(path: Path, source: str) -> dict[str, Any]:
@@ -262,6 +270,8 @@ def one_run(catalogue: dict[str, dict[str, Any]]) -> None:
         draw_per_class_bars(scores)
     with common.shown_errors("drawing the per-class metrics"):
         draw_per_class_table(scores)
+    with common.shown_errors("drawing the series-level results"):
+        draw_series(scores)
     with common.shown_errors("drawing the ROC and precision-recall curves"):
         draw_curves_per_class(scores)
     with common.shown_errors("drawing the reliability diagram"):
@@ -345,11 +355,12 @@ def draw_summary(evaluation: dict[str, Any], scores: dict[str, Any], stored: dic
     intervals = scores["intervals"]
     cells = st.columns(6)
     cells[0].metric("Images", f"{scores['images']:,}")
+    resampled = stats.resampling_words(intervals)
     for cell, key, label in ((cells[1], "accuracy", "Accuracy"), (cells[2], "macro_f1", "Macro F1")):
         low, high = intervals[key]
         cell.metric(label, f"{scores[key]:.3f}", help=f"95% interval {low:.3f}–{high:.3f} "
-                    f"({intervals['resamples']:,} bootstrap resamples over images).")
-        cell.caption(f"95% CI {low:.3f}–{high:.3f}")
+                    f"({intervals['resamples']:,} bootstrap resamples {resampled}).")
+        cell.caption(f"95% CI {low:.3f}–{high:.3f} {resampled}")
     cells[3].metric("Balanced accuracy", f"{scores['balanced_accuracy']:.3f}", help="Mean recall over the classes.")
     auc = scores["macro_roc_auc"]
     cells[4].metric("Macro ROC AUC", "n/a" if auc is None else f"{auc:.3f}",
@@ -374,6 +385,20 @@ def draw_summary(evaluation: dict[str, Any], scores: dict[str, Any], stored: dic
         st.caption(f"Near-duplicates of training images could not be counted: {stored['duplicate_check']}")
     elif isinstance(duplicates, int):
         st.caption("None of these images has a near-duplicate among this run's training images.")
+    draw_resampling(scores)
+
+
+def draw_resampling(scores: dict[str, Any]) -> None:
+    """What the intervals resampled and why, the clusters per class, and a warning for each class
+    whose score rests on fewer than three series."""
+    intervals = scores["intervals"]
+    per_class = scores.get("clusters_per_class")
+    counts = ("; clusters (series) per class: " + ", ".join(f"{name} {count}" for name, count in per_class.items())
+              if per_class is not None else "")
+    st.caption(f"Intervals {stats.resampling_words(intervals)}: {intervals['reason']}{counts}.")
+    warnings = stats.few_cluster_warnings(per_class)
+    if warnings:
+        st.warning("Few series behind some scores. " + " ".join(warnings), icon=":material/groups:")
 
 
 def draw_confusion(scores: dict[str, Any]) -> None:
@@ -432,6 +457,51 @@ def draw_per_class_table(scores: dict[str, Any]) -> None:
         "average_precision": st.column_config.NumberColumn("average precision", **score, help="One-vs-rest."),
         "support": st.column_config.NumberColumn("images", format="localized"),
     }, placeholder="undefined")
+
+
+def draw_series(scores: dict[str, Any]) -> None:
+    """Series-level results: each near-duplicate cluster's mean-probability verdict against its
+    label, the series-level accuracy and recall per class, and which series the model gets wrong."""
+    st.subheader("Series-level results")
+    series = scores.get("series")
+    if series is None:
+        st.info("These predictions were stored without their near-duplicate clusters, so the series are not known; "
+                "evaluate the run again to see them.", icon=":material/info:")
+        return
+    st.caption(
+        "The slices of one CT series (one near-duplicate cluster) are not independent: a model gets a series right "
+        "or wrong together. A series' verdict is the class with the highest mean probability over its slices."
+    )
+    cells = st.columns(1 + len(series["per_class"]))
+    cells[0].metric("Series right", f"{series['right']} of {series['series']}", help="Series-level accuracy.")
+    cells[0].caption(f"series-level accuracy {series['accuracy']:.3f} (slice-level {scores['accuracy']:.3f})")
+    for cell, (name, item) in zip(cells[1:], series["per_class"].items()):
+        cell.metric(f"{name} series right", f"{item['right']} of {item['series']}",
+                    help=f"Series whose label is {name} and whose verdict is {name}.")
+    verdicts = series["verdicts"]
+    wrong = verdicts[~verdicts["correct"]]
+    if wrong.empty:
+        st.success(f"The verdict is right for every one of the {series['series']} series.", icon=":material/check_circle:")
+    else:
+        st.markdown(f"**Series the model gets wrong** ({len(wrong)} of {series['series']})")
+        st.dataframe(series_table(wrong), hide_index=True, key="evaluation_series_wrong")
+    with st.expander(f"All {series['series']} series"):
+        st.dataframe(series_table(verdicts), hide_index=True, key="evaluation_series_all")
+
+
+def series_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """The verdicts of :func:`stats.cluster_verdicts` with readable columns."""
+    table = pd.DataFrame({
+        "series (cluster)": verdicts["cluster"].astype(str),
+        "label": verdicts["true_label"],
+        "verdict": verdicts["predicted_label"],
+        "right": verdicts["correct"],
+        "slices": verdicts["images"],
+        "slices right": verdicts["images_right"].round(3),
+    })
+    for name in CLASS_NAMES:
+        table[f"mean P({name})"] = verdicts[metrics.PROBABILITY_PREFIX + name].round(3)
+    return table
 
 
 def draw_curves_per_class(scores: dict[str, Any]) -> None:
@@ -625,7 +695,8 @@ def draw_faithfulness(path: Path, source: str) -> None:
 
 
 def two_runs(catalogue: dict[str, dict[str, Any]]) -> None:
-    """Two runs on the same images: their scores, McNemar's test and the confusion difference."""
+    """Two runs on the same images: their scores, the paired test (McNemar's on a random split, the
+    paired cluster test otherwise) and the confusion difference."""
     ids = list(catalogue)
     if len(ids) < 2:
         st.info("Only one run has been evaluated; train another to compare two.")
@@ -665,11 +736,17 @@ def two_runs(catalogue: dict[str, dict[str, Any]]) -> None:
         st.error(f"{name_a} and {name_b} cannot be compared: {error}", icon=":material/block:")
         return
     place = "the test split" if source == runs.TEST_SOURCE else f"the folder `{evaluations_a[source].get('data')}`"
-    st.caption(f"Paired image by image: both runs' predictions of the same {result['images']:,} images of {place}.")
+    pairing = (f"series by series: both runs' predictions of the same {result['clusters']:,} series "
+               f"({result['images']:,} images)" if result["test"] == "cluster" else
+               f"image by image: both runs' predictions of the same {result['images']:,} images")
+    st.caption(f"Paired {pairing} of {place}.")
     scores_a = scores_of(str(record_a.path), source, stamp(record_a.path, source))
     scores_b = scores_of(str(record_b.path), source, stamp(record_b.path, source))
     draw_pair_summary(name_a, name_b, scores_a, scores_b)
-    draw_mcnemar(name_a, name_b, result)
+    if result["test"] == "cluster":
+        draw_cluster_test(name_a, name_b, result)
+    else:
+        draw_mcnemar(name_a, name_b, result)
     with common.shown_errors("drawing the confusion difference"):
         draw_difference(name_a, name_b, result)
     with common.shown_errors("drawing the per-class comparison"):
@@ -684,7 +761,7 @@ def draw_pair_summary(name_a: str, name_b: str, scores_a: dict[str, Any], scores
             low, high = scores["intervals"][key]
             cell = columns[offset * 2 + index]
             cell.metric(f"{name}: {label}", f"{scores[key]:.3f}")
-            cell.caption(f"95% CI {low:.3f}–{high:.3f}")
+            cell.caption(f"95% CI {low:.3f}–{high:.3f} {stats.resampling_words(scores['intervals'])}")
 
 
 def draw_mcnemar(name_a: str, name_b: str, result: dict[str, Any]) -> None:
@@ -700,6 +777,41 @@ def draw_mcnemar(name_a: str, name_b: str, result: dict[str, Any]) -> None:
                                            for column in counts.columns})
     table.metric("p-value (exact, two-sided)", f"{result['p_value']:.3g}")
     words.markdown(mcnemar_reading(name_a, name_b, result))
+    st.caption(f"McNemar's test counts images as independent: {result['reason']}.")
+
+
+def draw_cluster_test(name_a: str, name_b: str, result: dict[str, Any]) -> None:
+    """The paired cluster test: image counts, the difference with its interval over series, the
+    permutation p-value, and what they mean in plain words."""
+    st.subheader("Is the difference more than chance? Paired test over series")
+    counts = pd.DataFrame(
+        [[result["both_right"], result["only_a_right"]], [result["only_b_right"], result["both_wrong"]]],
+        index=["A right", "A wrong"], columns=["B right", "B wrong"],
+    )
+    table, words = st.columns([2, 3])
+    table.dataframe(counts, column_config={column: st.column_config.NumberColumn(format="localized")
+                                           for column in counts.columns})
+    table.metric(f"p-value (permutation over {result['clusters']} series)", f"{result['p_value']:.3g}",
+                 help="Two-sided sign-flip permutation test of the macro F1 difference: each series' predictions by A "
+                      "and B swapped as a whole.")
+    words.markdown(cluster_test_reading(name_a, name_b, result))
+
+
+def cluster_test_reading(name_a: str, name_b: str, result: dict[str, Any]) -> str:
+    """The paired cluster test in plain words."""
+    difference = result["difference"]["macro_f1"]
+    low, high = result["difference_interval"]["macro_f1"]
+    opening = (f"Macro F1 of {name_b} minus {name_a}: **{difference:+.3f}** (95% interval {low:+.3f} to {high:+.3f}, "
+               f"resampling the {result['clusters']} series of these {result['images']:,} images, since a series' "
+               "slices are right or wrong together). ")
+    if result["p_value"] < SIGNIFICANCE:
+        leader, follower = (name_b, name_a) if difference > 0 else (name_a, name_b)
+        return opening + (f"Swapping the two models' predictions series by series gives a difference this large with "
+                          f"probability {result['p_value']:.3g}, so **{leader} scores better than {follower} on these "
+                          "series**. It says nothing about other data (other scanners, other hospitals).")
+    return opening + (f"A difference at least this large arises by chance with probability {result['p_value']:.3g}: "
+                      "**no evidence that either model is better on these series**; more series (patients), not "
+                      "more slices, would be needed to tell them apart.")
 
 
 def mcnemar_reading(name_a: str, name_b: str, result: dict[str, Any]) -> str:

@@ -1,12 +1,16 @@
 """Leaderboard: every evaluated run, ranked only against runs tested on the same images.
 
 The table is :func:`kidney_lab.evaluation.leaderboard.leaderboard`: every score recomputed
-from the run's stored ``predictions.csv``, with its bootstrap interval, the kind of split it
-was measured on and how many test images have a near-duplicate in training. Rows measured on
-different images answer different questions, so they fall into separate comparable groups:
-ranks, "best" highlights, the McNemar p-value and the chart's groups never cross a group. The
-page only filters, formats and draws; per-run actions open a run on the Evaluation page,
-download its model card, or delete it after a confirmation.
+from the run's stored ``predictions.csv``, with its bootstrap interval (over near-duplicate
+clusters, roughly CT series, except on a random split: the table says which), the clusters per
+class it rests on, the kind of split it was measured on and how many test images have a
+near-duplicate in training; pooled cross-validations are rows too, with their folds' mean ± sd.
+Rows measured on different images answer different questions, so they fall into separate
+comparable groups: ranks, "best" highlights, the p-value and the chart's groups never cross a
+group. A class that rests on fewer than three series is warned about above the table. The page
+only filters, formats and draws; per-run actions open a run on the Evaluation page, download its
+model card, or delete it after a confirmation (a cross-validation row is not one run, so it has
+none).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from kidney_lab import runs
+from kidney_lab.evaluation import cv
 from pages import common
 
 EVALUATION_PAGE = "pages/evaluation.py"
@@ -50,7 +55,9 @@ def main() -> None:
         "Rows are ranked **only against rows evaluated on the same images** (the same group): a "
         "model tested on a leaky random split, one tested on a grouped split and one tested on "
         "another folder answer different questions. Intervals are 95% bootstrap intervals over "
-        "images; *p vs best* is McNemar's exact test against the best row of the group."
+        "near-duplicate clusters (series) on grouped splits, cross-validations and folders, and over "
+        "images on random splits (column *resampled*); *p vs best* compares a row with the best row "
+        "of its group by the paired cluster test, or by McNemar's exact test on a random split (column *test*)."
     )
     base = common.workspace()
     if not runs.list_runs(base):
@@ -77,6 +84,7 @@ def main() -> None:
         return
     labels = group_labels(table)
     draw_groups(table, labels)
+    draw_few_clusters(table, labels)
     draw_table(table, labels)
     with common.shown_errors("drawing the chart"):
         draw_chart(table, labels)
@@ -129,15 +137,16 @@ def explain_empty(base: Path, skipped: list[dict[str, str]]) -> None:
 def filters(full: pd.DataFrame) -> tuple[str | None, str | None, str | None, bool]:
     """The filter row; returns (study, split kind, dataset fingerprint, include external)."""
     studies = sorted(full["study_id"].dropna().unique(), reverse=True)
-    splits = [kind for kind in ("grouped", "random", "external") if kind in set(full["split"])]
+    splits = [kind for kind in ("grouped", "cv", "random", "external") if kind in set(full["split"])]
     prints = sorted(full["dataset_fingerprint"].dropna().unique())
     study_box, split_box, print_box, external_box = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
     study = study_box.selectbox("Study", [ALL, *studies], key="leaderboard_study",
                                 help="Runs trained together on one split form a study.")
     split = split_box.selectbox(
         "Split kind", [ALL, *splits], key="leaderboard_split",
-        help="grouped: near-duplicates never straddle train and test; random: image by image "
-             "(leaks near-duplicates); external: a folder evaluated after training.",
+        help="grouped: near-duplicates never straddle train and test; cv: a grouped K-fold cross-validation's "
+             "pooled out-of-fold predictions; random: image by image (leaks near-duplicates); external: a folder "
+             "evaluated after training.",
     )
     fingerprint = print_box.selectbox("Dataset fingerprint", [ALL, *prints], key="leaderboard_fingerprint",
                                       help="The dataset the row was evaluated on, by the hash of its files.")
@@ -194,6 +203,37 @@ def draw_groups(table: pd.DataFrame, labels: dict[str, str]) -> None:
         )
 
 
+def draw_few_clusters(table: pd.DataFrame, labels: dict[str, str]) -> None:
+    """A warning naming every row with a class whose score rests on fewer than three series."""
+    few = table[table["cluster_warning"].notna()]
+    if few.empty:
+        return
+    lines = []
+    for row in few.itertuples(index=False):
+        classes = ", ".join(f"{name} on {row.clusters_per_class[name]}" for name in row.few_clusters)
+        lines.append(f"- **{row.display_name or row.model}** ({where(row.split, row.evaluated_on)}, group "
+                     f"{labels.get(row.comparable_group, '?')}): {classes}")
+    st.warning(
+        f"{len(few)} row(s) have a class that rests on fewer than three near-duplicate clusters (series): its recall "
+        "is one or two patients' recall, whatever the number of slices.\n\n" + "\n".join(lines),
+        icon=":material/groups:",
+    )
+
+
+def where(split: str | None, source: str) -> str:
+    """What a row was evaluated on, in words."""
+    if split == cv.CV_KIND:
+        return "cross-validation, out-of-fold"
+    return "test split" if source == runs.TEST_SOURCE else f"folder {source}"
+
+
+def clusters_text(per_class: Any) -> str:
+    """Clusters per class in one cell, "Cyst 4 · Normal 1 · ..."; empty when not known."""
+    if not isinstance(per_class, dict):
+        return ""
+    return " · ".join(f"{name} {count}" for name, count in per_class.items())
+
+
 def display_table(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     """The leaderboard with readable columns: group letters, intervals as text, sizes in MB."""
     shown = pd.DataFrame(index=table.index)
@@ -210,15 +250,24 @@ def display_table(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
             f"{value:.3f} ({a:.3f}–{b:.3f})" if pd.notna(value) and pd.notna(a) and pd.notna(b) else ""
             for value, a, b in zip(table[column], table[low], table[high])
         ]
-    shown["p vs best"] = pd.to_numeric(table["mcnemar_p_vs_best"], errors="coerce")
+    shown["resampled"] = [
+        f"clusters ({int(count)})" if kind == "cluster" else ("images" if isinstance(kind, str) else "")
+        for kind, count in zip(table["interval_resampling"], table["clusters"])
+    ]
+    shown["clusters per class"] = [clusters_text(value) for value in table["clusters_per_class"]]
+    if table["macro_f1_fold_mean"].notna().any():
+        shown["folds macro F1"] = [
+            f"{mean:.3f} ± {sd:.3f} ({int(folds)} folds)" if pd.notna(mean) and pd.notna(sd) else ""
+            for mean, sd, folds in zip(table["macro_f1_fold_mean"], table["macro_f1_fold_sd"], table["folds"])
+        ]
+    shown["p vs best"] = pd.to_numeric(table["p_vs_best"], errors="coerce")
+    shown["test"] = table["p_test"].map({"cluster": "cluster", "mcnemar": "McNemar"})
     for column in ("balanced_accuracy", "macro_auc", "ece", "loss"):
         shown[column] = table[column]
     for column in ("pointing_game", "energy_in_mask"):
         if table[column].notna().any():
             shown[column] = table[column]
-    shown["evaluated on"] = [
-        "test split" if source == "test" else f"folder {source}" for source in table["evaluated_on"]
-    ]
+    shown["evaluated on"] = [where(split, source) for split, source in zip(table["split"], table["evaluated_on"])]
     shown["params (M)"] = pd.to_numeric(table["params"], errors="coerce") / 1e6
     shown["model MB"] = pd.to_numeric(table["model_bytes"], errors="coerce") / 1e6
     shown["ms/image (batch 1)"] = table["ms_per_image_batch_1"]
@@ -241,12 +290,26 @@ def column_config() -> dict[str, Any]:
                                               width="small", pinned=True),
         "model": st.column_config.TextColumn(pinned=True),
         "accuracy": st.column_config.TextColumn(
-            "accuracy (95% CI)", help=SCORES["accuracy"][1] + " In brackets: percentile bootstrap over images."),
+            "accuracy (95% CI)", help=SCORES["accuracy"][1] + " In brackets: percentile bootstrap, resampling what "
+                                                            "the column *resampled* says."),
         "macro_f1": st.column_config.TextColumn(
-            "macro F1 (95% CI)", help=SCORES["macro_f1"][1] + " In brackets: percentile bootstrap over images."),
+            "macro F1 (95% CI)", help=SCORES["macro_f1"][1] + " In brackets: percentile bootstrap, resampling what "
+                                                            "the column *resampled* says."),
+        "resampled": st.column_config.TextColumn(
+            help="What the interval's bootstrap drew: whole near-duplicate clusters (series), how many; or images, "
+                 "as if independent (random splits, and predictions stored without clusters)."),
+        "clusters per class": st.column_config.TextColumn(
+            help="Distinct near-duplicate clusters (about one CT series each) among each class's images: how many "
+                 "patients a class's score rests on. Fewer than 3 is warned about above."),
+        "folds macro F1": st.column_config.TextColumn(
+            help="Cross-validation: mean ± sample standard deviation of the folds' macro F1, each fold scored on its "
+                 "own held-out series."),
         "p vs best": st.column_config.NumberColumn(
-            help="McNemar's exact test against the best row of the same group; small (< 0.05): the difference is "
-                 "unlikely to be chance on these images."),
+            help="p-value against the best row of the same group, by the test in column *test*; small (< 0.05): the "
+                 "difference is unlikely to be chance on these images."),
+        "test": st.column_config.TextColumn(
+            help="cluster: paired sign-flip permutation test over series (grouped splits, cross-validations, "
+                 "folders); McNemar: exact test over images (random splits)."),
         "balanced_accuracy": st.column_config.NumberColumn("balanced acc.", help=SCORES["balanced_accuracy"][1]),
         "macro_auc": st.column_config.NumberColumn("macro AUC", help=SCORES["macro_auc"][1]),
         "ece": st.column_config.NumberColumn("ECE", help=SCORES["ece"][1]),
@@ -254,7 +317,7 @@ def column_config() -> dict[str, Any]:
         "pointing_game": st.column_config.NumberColumn("pointing game", help=SCORES["pointing_game"][1]),
         "energy_in_mask": st.column_config.NumberColumn("energy in mask", help=SCORES["energy_in_mask"][1]),
         "split": st.column_config.TextColumn(help="What the row was measured on: a grouped or random test split, "
-                                                  "or an external folder."),
+                                                  "a cross-validation (cv) or an external folder."),
         "near-duplicates in train": st.column_config.NumberColumn(
             "near-dup. in train", help="Test images with a near-duplicate (same slice of one patient, nearly) in training."),
         "ms/image (batch 1)": st.column_config.NumberColumn(help="Median warm time on the machine that evaluated it."),
@@ -316,8 +379,8 @@ def row_label(table: pd.DataFrame, labels: dict[str, str]) -> dict[str, str]:
     """What each row key looks like in the actions' picker."""
     named = {}
     for key, row in zip(row_keys(table), table.itertuples(index=False)):
-        where = "test split" if row.evaluated_on == "test" else f"folder {row.evaluated_on}"
-        named[key] = f"{row.display_name or row.model} · {row.run_id} · {where} (group {labels.get(row.comparable_group, '?')})"
+        named[key] = (f"{row.display_name or row.model} · {row.run_id} · {where(row.split, row.evaluated_on)} "
+                      f"(group {labels.get(row.comparable_group, '?')})")
     return named
 
 
@@ -327,7 +390,8 @@ def draw_chart(table: pd.DataFrame, labels: dict[str, str]) -> None:
     available = [column for column in SCORES if table[column].notna().any()]
     picker, note = st.columns([1, 2], vertical_alignment="bottom")
     metric = picker.selectbox("Score", available, format_func=lambda column: SCORES[column][0], key="leaderboard_metric")
-    interval = " Error bars: 95% bootstrap interval over images." if metric in INTERVALS else ""
+    interval = (" Error bars: 95% bootstrap interval, over clusters (series) or images as the table's *resampled* "
+                "column says." if metric in INTERVALS else "")
     note.caption(f"{SCORES[metric][1]}{interval} Bars of different groups were measured on different images: "
                  "compare bars within a group only.")
     rows = table[table[metric].notna()]
@@ -377,6 +441,11 @@ def model_colour(model: str | None) -> str:
 def draw_actions(base: Path, table: pd.DataFrame) -> None:
     """Open a row in Evaluation, download its run's model card, or delete the run."""
     st.subheader("Run actions")
+    # A cross-validation row is K runs, not one: open its folds from their own rows.
+    table = table[table["split"] != cv.CV_KIND]
+    if table.empty:
+        st.caption("Cross-validation rows have no run actions; each fold is a run of its own.")
+        return
     labels = row_label(table, group_labels(table))
     keys = list(labels)
     if st.session_state.get("leaderboard_row") not in keys:

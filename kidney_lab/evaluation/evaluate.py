@@ -8,7 +8,11 @@ external folder goes to ``<run>/external/<fingerprint>/`` (see
 
 Images are predicted in a fixed order and every prediction is stored next to its own path and
 true label, so the metrics cannot be computed from predictions and labels that do not belong
-to each other. Everything is computed before anything is written, so a failure leaves the
+to each other. Each row also carries the image's near-duplicate cluster (roughly its CT series):
+for the run's own test split the one of the split manifest, for an external folder the one the
+audit (:mod:`kidney_lab.data.audit`, as ``data audit`` runs it) finds on that folder, so that the
+intervals resample series (see :func:`kidney_lab.evaluation.stats.metrics_with_intervals`).
+Everything is computed before anything is written, so a failure leaves the
 stored files as they were.
 """
 
@@ -36,6 +40,7 @@ from kidney_lab.data import discover
 from kidney_lab.data import pipeline
 from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import metrics as metrics_module
+from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
 from kidney_lab.models import builders
 from kidney_lab.models import registry
@@ -51,11 +56,11 @@ _TEST_SPLIT_FIELDS = ("model", "image_size", "split_id", "workspace", "data_root
 def predict_frame(
     model: keras.Model, frame: pd.DataFrame, image_size: int, batch_size: int = EVALUATION_BATCH_SIZE
 ) -> pd.DataFrame:
-    """Predict every image of ``frame`` (columns ``path``, ``label``) in order.
+    """Predict every image of ``frame`` (columns ``path``, ``label``, optionally ``cluster``) in order.
 
     Returns:
         A predictions table (see :mod:`kidney_lab.evaluation.metrics`) with one row per input
-        row, in the input's order.
+        row, in the input's order, and the ``cluster`` column of ``frame`` when it has one.
     """
     dataset = pipeline.make_dataset(
         frame, image_size, batch_size=batch_size, training=False, cache=False, with_paths=True
@@ -76,6 +81,9 @@ def predict_frame(
     )
     for index, column in enumerate(metrics_module.probability_columns()):
         table[column] = probabilities[:, index]
+    if metrics_module.CLUSTER_COLUMN in frame.columns:
+        clusters = dict(zip(frame["path"].astype(str), frame[metrics_module.CLUSTER_COLUMN]))
+        table[metrics_module.CLUSTER_COLUMN] = [clusters[path] for path in paths]
     return table
 
 
@@ -98,9 +106,11 @@ def evaluate(
             with ``safe_mode=True``.
 
     Returns:
-        The metrics that were stored: those of :func:`metrics.compute_metrics`, plus
-        ``run_id``, ``model``, ``display_name``, ``evaluated_on`` (``"test"`` or the
-        fingerprint), ``split_kind`` (``"random"``, ``"grouped"`` or ``"external"``), ``data``,
+        The metrics that were stored: those of :func:`stats.metrics_with_intervals` (intervals
+        over clusters except on a random split, clusters per class, the classes with few
+        clusters), plus ``run_id``, ``model``, ``display_name``, ``evaluated_on`` (``"test"`` or the
+        fingerprint), ``split_kind`` (``"random"``, ``"grouped"`` or ``"external"``), ``cv_id``
+        and ``fold`` (of a cross-validation fold's split; ``None`` otherwise), ``data``,
         ``fingerprint``, ``test_with_duplicate_in_train`` (``None`` with ``duplicate_check``
         saying why when it cannot be counted), model facts (``parameters``, ``model_bytes``,
         ``image_size``, ``ms_per_image_batch_1``, ``ms_per_image_batch_32``), training facts
@@ -146,7 +156,7 @@ def evaluate(
     table = predict_frame(model, frame, image_size)
     seconds = time.perf_counter() - started
 
-    result = metrics_module.compute_metrics(table)
+    result = stats.metrics_with_intervals(table, context["split_kind"])
     spec = registry.get_spec(info.model)
     result.update(
         {
@@ -211,6 +221,8 @@ def _test_split(info: runs.RunInfo) -> tuple[pd.DataFrame, dict[str, Any]]:
         "split_kind": data_split.strategy,
         "split_id": data_split.split_id,
         "split_strategy": data_split.strategy,
+        "cv_id": data_split.cv_id,
+        "fold": data_split.fold,
         "data": str(data_split.root),
         "fingerprint": data_split.fingerprint,
         "test_with_duplicate_in_train": leakage["exact_or_near"],
@@ -236,11 +248,13 @@ def _external_folder(
             "folders out, or evaluate a folder with these classes only."
         )
     overlap, reason = _training_overlap(scan, info, cache)
-    frame = scan.table[["path", "label", "format", "mode"]]
+    frame = audit_module.audit_dataset(scan).table[["path", "label", "format", "mode", metrics_module.CLUSTER_COLUMN]]
     return frame, {
         "evaluated_on": scan.fingerprint,
         "split_kind": store.EXTERNAL_KIND,
         "split_id": info.split_id,
+        "cv_id": None,
+        "fold": None,
         "data": str(scan.root),
         "fingerprint": scan.fingerprint,
         "same_dataset_as_training": scan.fingerprint == info.dataset_fingerprint,

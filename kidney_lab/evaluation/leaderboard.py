@@ -5,8 +5,23 @@ random split with leaked near-duplicates, one tested on a grouped split and one 
 external folder answer different questions. Every row therefore carries a
 ``comparable_group``, a short hash of the sorted paths of the images it was evaluated on, and
 ``rank`` orders rows (by macro F1, then accuracy) only inside their group. Because a rank
-alone hides how small a difference may be, ``mcnemar_p_vs_best`` gives the exact McNemar p-value
-of each row against the first row of its group (see :mod:`kidney_lab.evaluation.stats`).
+alone hides how small a difference may be, ``p_vs_best`` gives the p-value of each row against
+the first row of its group, of the test ``p_test`` names (see
+:func:`kidney_lab.evaluation.stats.paired_comparison`): the paired cluster test where both rows
+know their near-duplicate clusters and the split is not random, McNemar's exact test otherwise
+(``mcnemar_p_vs_best`` holds the McNemar p-values only).
+
+The intervals follow the same rule (:func:`kidney_lab.evaluation.stats.metrics_with_intervals`):
+``interval_resampling`` says whether they resample clusters (series) or images, ``clusters`` how
+many clusters, ``clusters_per_class`` how many series each class's score rests on, and
+``cluster_warning`` names the classes that rest on fewer than three.
+
+Besides one row per run and evaluation, each pooled cross-validation
+(:func:`kidney_lab.runs.list_cv_results`: one model's out-of-fold predictions, every image once)
+is a row of split ``"cv"``, with its fold plan's ``cv_id``, its ``folds`` and the mean and sample
+standard deviation of the folds' macro F1, each fold scored from its own rows of the pooled table.
+Its comparable group also holds the cv id, so it is ranked only against cross-validations of the
+same fold plan on the same images.
 
 Every score is recomputed from the stored ``predictions.csv`` (so the table cannot disagree
 with the predictions); facts that only evaluation could measure (parameters, file size,
@@ -21,26 +36,31 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from kidney_lab import errors
 from kidney_lab import fileio
 from kidney_lab import runs
 from kidney_lab import workspace as workspace_module
+from kidney_lab.evaluation import cv as cv_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
 from kidney_lab.models import registry
 
-SPLIT_KINDS = ("random", "grouped", store.EXTERNAL_KIND)
+CV_KIND = cv_module.CV_KIND
+SPLIT_KINDS = ("random", "grouped", store.EXTERNAL_KIND, CV_KIND)
 # The explanation method whose faithfulness scores the leaderboard shows.
 FAITHFULNESS_METHOD = "gradcam"
 
 COLUMNS = (
-    "comparable_group", "rank", "mcnemar_p_vs_best", "run_id", "model", "display_name", "study_id", "status",
-    "evaluated_on", "split", "dataset_fingerprint", "images",
+    "comparable_group", "rank", "p_vs_best", "p_test", "mcnemar_p_vs_best", "run_id", "model", "display_name",
+    "study_id", "status", "evaluated_on", "split", "dataset_fingerprint", "images",
     "accuracy", "accuracy_ci_low", "accuracy_ci_high",
     "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high",
+    "interval_resampling", "clusters", "clusters_per_class", "few_clusters", "cluster_warning",
+    "cv_id", "folds", "macro_f1_fold_mean", "macro_f1_fold_sd",
     "balanced_accuracy", "macro_auc", "ece", "loss", "test_with_duplicate_in_train",
     "weights", "image_size", "epochs", "train_seconds", "params", "model_bytes",
     "ms_per_image_batch_1", "ms_per_image_batch_32", "pointing_game", "energy_in_mask", "path",
@@ -68,19 +88,23 @@ def leaderboard(
     Args:
         workspace: the workspace (default: :func:`kidney_lab.workspace.default_workspace`).
         study_id: only runs of this study.
-        split: only rows evaluated on this kind of split: ``"random"``, ``"grouped"`` or
-            ``"external"``.
+        split: only rows evaluated on this kind of split: ``"random"``, ``"grouped"``,
+            ``"external"`` or ``"cv"`` (pooled cross-validations).
         fingerprint: only rows evaluated on the dataset with this fingerprint.
         include_external: also rows for evaluations of external folders.
         include_unevaluated: also one row (without scores) for each run that has no stored
-            evaluation (running, failed, cancelled before evaluation).
+            evaluation (running, failed, cancelled before evaluation) and for each
+            cross-validation whose folds are not all done.
 
     Returns:
-        A DataFrame with the columns of :data:`COLUMNS`: one row per (run, evaluation),
-        sorted by comparable group, then rank. ``rank`` is 1 for the best row of its group
-        (ties share a rank) and missing for rows without scores; ``mcnemar_p_vs_best`` is the
-        exact McNemar p-value against the group's first row (missing for that row).
-        ``attrs["note"]`` says how
+        A DataFrame with the columns of :data:`COLUMNS`: one row per (run, evaluation) and per
+        pooled cross-validation, sorted by comparable group, then rank. ``rank`` is 1 for the
+        best row of its group (ties share a rank) and missing for rows without scores;
+        ``p_vs_best`` is the p-value against the group's first row (missing for that row) of
+        the test ``p_test`` names (``"cluster"`` or ``"mcnemar"``); ``mcnemar_p_vs_best`` is
+        that p-value where the test was McNemar's. ``clusters_per_class`` is a dict (class ->
+        clusters) and ``few_clusters`` a list of classes, both missing where the predictions
+        do not know their clusters. ``attrs["note"]`` says how
         many comparable groups there are, ``attrs["groups"]`` describes each, and
         ``attrs["skipped"]`` lists ``{"run_id", "path", "reason"}`` for every run or evaluation
         that could not be read.
@@ -111,13 +135,29 @@ def leaderboard(
                 predictions[(record.run_id, evaluation["source"])] = table
             except (OSError, ValueError, KeyError, TypeError, errors.KidneyLabError) as error:
                 skipped.append(_skip(record.path, f"evaluation {evaluation['source']}: {error}"))
+    for folder in runs.list_cv_results(base):
+        try:
+            summary = cv_module.read_result(folder)
+            if study_id is not None and summary.get("study_id") != study_id:
+                continue
+            if not summary.get("complete"):
+                if include_unevaluated:
+                    rows.append(_cv_columns(base, folder, summary))
+                continue
+            table = store.read_predictions(runs.predictions_path(folder))
+            row = _cv_row(base, folder, summary, table)
+            rows.append(row)
+            predictions[(row["run_id"], row["evaluated_on"])] = table
+        except (OSError, ValueError, KeyError, TypeError, errors.KidneyLabError) as error:
+            skipped.append({"run_id": _cv_row_id(base, folder), "path": str(folder), "reason": f"cross-validation: {error}"})
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     if split is not None:
         table = table[table["split"] == split]
     if fingerprint is not None:
         table = table[table["dataset_fingerprint"] == fingerprint]
     table = _rank(table.reset_index(drop=True))
-    table["mcnemar_p_vs_best"] = _p_values_against_best(table, predictions)
+    table["p_vs_best"], table["p_test"] = _p_values_against_best(table, predictions)
+    table["mcnemar_p_vs_best"] = table["p_vs_best"].where(table["p_test"] == "mcnemar")
     table.attrs["groups"] = _describe_groups(table)
     table.attrs["note"] = _note(table)
     table.attrs["skipped"] = skipped
@@ -152,31 +192,22 @@ def best_in_group(table: pd.DataFrame, directions: dict[str, str] | None = None)
 
 def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict[str, Any]:
     """The leaderboard row of one stored evaluation, scores recomputed from its predictions."""
-    scores = metrics_module.compute_metrics(predictions)
     try:
         stored = store.load_metrics(record.path, source)
     except store.EvaluationError:
         stored = {}
     info = record.info
     external = source != runs.TEST_SOURCE
+    kind = store.split_kind(record.path, source, stored)
     row = _run_columns(record)
     row.update(
         {
             "comparable_group": fileio.short_hash(*sorted(predictions["path"].astype(str)), length=8),
             "evaluated_on": source,
-            "split": store.EXTERNAL_KIND if external else (stored.get("split_kind") or info.split_strategy),
+            "split": kind,
             "dataset_fingerprint": source if external else (stored.get("fingerprint") or info.dataset_fingerprint),
-            "images": scores["images"],
-            "accuracy": scores["accuracy"],
-            "accuracy_ci_low": scores["intervals"]["accuracy"][0],
-            "accuracy_ci_high": scores["intervals"]["accuracy"][1],
-            "macro_f1": scores["macro_f1"],
-            "macro_f1_ci_low": scores["intervals"]["macro_f1"][0],
-            "macro_f1_ci_high": scores["intervals"]["macro_f1"][1],
-            "balanced_accuracy": scores["balanced_accuracy"],
-            "macro_auc": scores["macro_roc_auc"],
-            "ece": scores["ece"],
-            "loss": scores["loss"],
+            **_score_columns(predictions, kind),
+            "cv_id": stored.get("cv_id"),
             "test_with_duplicate_in_train": stored.get(
                 "test_with_duplicate_in_train", None if external else info.test_with_duplicate_in_train
             ),
@@ -188,6 +219,112 @@ def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict
     # explain-eval stores the scores of an external folder next to that evaluation.
     row.update(_faithfulness(record.path, source, row["dataset_fingerprint"]))
     return row
+
+
+def _score_columns(predictions: pd.DataFrame, split_kind: str | None) -> dict[str, Any]:
+    """The score, interval and cluster columns of a row, from its predictions table."""
+    scores = stats.metrics_with_intervals(predictions, split_kind)
+    intervals = scores["intervals"]
+    return {
+        "images": scores["images"],
+        "accuracy": scores["accuracy"],
+        "accuracy_ci_low": intervals["accuracy"][0],
+        "accuracy_ci_high": intervals["accuracy"][1],
+        "macro_f1": scores["macro_f1"],
+        "macro_f1_ci_low": intervals["macro_f1"][0],
+        "macro_f1_ci_high": intervals["macro_f1"][1],
+        "interval_resampling": intervals["resampling"],
+        "clusters": intervals["clusters"],
+        "clusters_per_class": scores["clusters_per_class"],
+        "few_clusters": scores["few_clusters"],
+        "cluster_warning": " ".join(stats.few_cluster_warnings(scores["clusters_per_class"])) or None,
+        "balanced_accuracy": scores["balanced_accuracy"],
+        "macro_auc": scores["macro_roc_auc"],
+        "ece": scores["ece"],
+        "loss": scores["loss"],
+    }
+
+
+def _cv_row_id(base: Path, folder: Path) -> str:
+    """A cross-validation row's id: its folder under the workspace, ``cv/<study_id>/<model>``."""
+    try:
+        return folder.relative_to(base).as_posix()
+    except ValueError:
+        return folder.as_posix()
+
+
+def _cv_columns(base: Path, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The columns that describe a cross-validation itself, from ``cv.json`` and its fold runs."""
+    model = summary.get("model") or folder.name
+    try:
+        display_name = registry.get_spec(model).display_name
+    except errors.ConfigError:
+        display_name = summary.get("display_name")
+    fold_runs = [entry for entry in summary.get("runs") or [] if isinstance(entry, dict)]
+    infos = []
+    for entry in fold_runs:
+        try:
+            infos.append(runs.read_info(entry["path"]))
+        except (KeyError, TypeError, runs.RunNotFoundError):
+            continue
+    first = infos[0] if infos else None
+    seconds = [info.train_seconds for info in infos if info.train_seconds is not None]
+    done = sum(entry.get("status") == runs.COMPLETED for entry in fold_runs)
+    return {
+        "run_id": _cv_row_id(base, folder),
+        "model": model,
+        "display_name": display_name,
+        "study_id": summary.get("study_id") or folder.parent.name,
+        "status": runs.COMPLETED if summary.get("complete") else f"{done} of {summary.get('folds')} folds done",
+        "evaluated_on": CV_KIND,
+        "split": CV_KIND,
+        "dataset_fingerprint": summary.get("dataset_fingerprint"),
+        "cv_id": summary.get("cv_id"),
+        "folds": summary.get("folds"),
+        "weights": None if first is None else first.weights,
+        "image_size": None if first is None else first.image_size,
+        "params": None if first is None else first.parameters,
+        "train_seconds": float(sum(seconds)) if len(seconds) == len(fold_runs) and seconds else None,
+        "path": str(folder),
+    }
+
+
+def _cv_row(base: Path, folder: Path, summary: dict[str, Any], predictions: pd.DataFrame) -> dict[str, Any]:
+    """The leaderboard row of a pooled cross-validation: pooled scores with cluster intervals,
+    and the mean and sample standard deviation of its folds' macro F1."""
+    row = _cv_columns(base, folder, summary)
+    paths = sorted(predictions["path"].astype(str))
+    folds = _fold_macro_f1(predictions, summary)
+    row.update(
+        {
+            "comparable_group": fileio.short_hash(CV_KIND, str(summary.get("cv_id")), *paths, length=8),
+            **_score_columns(predictions, CV_KIND),
+            "macro_f1_fold_mean": float(np.mean(folds)) if folds else None,
+            "macro_f1_fold_sd": float(np.std(folds, ddof=1)) if len(folds) > 1 else None,
+            "test_with_duplicate_in_train": _stored_metrics(folder).get("test_with_duplicate_in_train"),
+        }
+    )
+    return row
+
+
+def _fold_macro_f1(predictions: pd.DataFrame, summary: dict[str, Any]) -> list[float]:
+    """Each fold's macro F1, from its rows of the pooled table (``fold`` column), or from
+    ``cv.json``'s ``folds_macro_f1`` for a table without that column."""
+    if cv_module.FOLD_COLUMN not in predictions.columns:
+        return [float(value) for value in summary.get("folds_macro_f1") or [] if value is not None]
+    return [
+        metrics_module.compute_metrics(rows, intervals=False)["macro_f1"]
+        for _fold, rows in predictions.groupby(cv_module.FOLD_COLUMN, sort=True)
+    ]
+
+
+def _stored_metrics(folder: Path) -> dict[str, Any]:
+    """The ``metrics.json`` beside a pooled table, or ``{}`` when it cannot be read."""
+    try:
+        payload = fileio.read_json(runs.metrics_path(folder))
+    except (OSError, ValueError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def _run_columns(record: runs.RunRecord) -> dict[str, Any]:
@@ -251,22 +388,27 @@ def _rank(table: pd.DataFrame) -> pd.DataFrame:
 
 def _p_values_against_best(
     table: pd.DataFrame, predictions: dict[tuple[str, str], pd.DataFrame]
-) -> list[float | None]:
-    """McNemar's exact p-value of each ranked row against the first row of its group."""
+) -> tuple[list[float | None], list[str | None]]:
+    """Each ranked row's p-value against the first row of its group, and the test that gave it
+    (see :func:`kidney_lab.evaluation.stats.paired_comparison`)."""
     values: list[float | None] = [None] * len(table)
-    best: dict[str, pd.DataFrame] = {}
+    tests: list[str | None] = [None] * len(table)
+    best: dict[str, tuple[pd.DataFrame, str | None]] = {}
     for position, row in enumerate(table.itertuples(index=False)):
         if pd.isna(row.rank):
             continue
         current = predictions[(row.run_id, row.evaluated_on)]
         if row.comparable_group not in best:
-            best[row.comparable_group] = current
+            best[row.comparable_group] = (current, row.split)
             continue
+        first, first_kind = best[row.comparable_group]
+        kind = "random" if "random" in (first_kind, row.split) else row.split
         try:
-            values[position] = stats.mcnemar(best[row.comparable_group], current)["p_value"]
+            result = stats.paired_comparison(first, current, kind)
         except metrics_module.PredictionsError:
-            continue  # The same images with other labels: not a paired comparison.
-    return values
+            continue  # The same images with other labels or clusters: not a paired comparison.
+        values[position], tests[position] = result["p_value"], result["test"]
+    return values, tests
 
 
 def _describe_groups(table: pd.DataFrame) -> list[dict[str, Any]]:

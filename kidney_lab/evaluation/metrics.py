@@ -111,14 +111,20 @@ def compute_metrics(
     bins: int = CALIBRATION_BINS,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    intervals: bool = True,
 ) -> dict[str, Any]:
     """Classification metrics of a predictions table.
+
+    The intervals here resample images; which resampling a stored evaluation gets (clusters on
+    grouped splits, cross-validations and external folders) is decided by
+    :func:`kidney_lab.evaluation.stats.metrics_with_intervals`, which calls this.
 
     Args:
         table: a predictions table.
         bins: equal-width bins of top-class confidence for the calibration error.
         resamples: bootstrap resamples for the confidence intervals.
         seed: seed of the bootstrap.
+        intervals: False to leave the image bootstrap out (``intervals`` is then ``None``).
 
     Returns:
         ``images``, ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``weighted_f1``,
@@ -190,7 +196,7 @@ def compute_metrics(
         "weighted": averages["weighted"],
         "confusion_matrix": matrix.tolist(),
         "calibration": calibration,
-        "intervals": _bootstrap_intervals(table, resamples, seed, CONFIDENCE_LEVEL),
+        "intervals": _bootstrap_intervals(table, resamples, seed, CONFIDENCE_LEVEL) if intervals else None,
     }
 
 

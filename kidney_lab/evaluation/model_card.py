@@ -22,6 +22,7 @@ from kidney_lab.data import classes
 from kidney_lab.data import phantom
 from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import metrics as metrics_module
+from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
 from kidney_lab.models import registry
 
@@ -88,13 +89,14 @@ def _spec(info: runs.RunInfo) -> registry.ModelSpec | None:
 def _evaluation(folder: Path, source: str) -> tuple[dict[str, Any] | None, str | None]:
     """Scores recomputed from the stored predictions, merged over the stored metrics."""
     try:
-        scores = metrics_module.compute_metrics(store.load_predictions(folder, source))
+        predictions = store.load_predictions(folder, source)
     except (store.EvaluationError, metrics_module.PredictionsError) as error:
         return None, str(error)
     try:
         stored = store.load_metrics(folder, source)
     except store.EvaluationError:
         stored = {}
+    scores = stats.metrics_with_intervals(predictions, store.split_kind(folder, source, stored))
     return {**stored, **scores}, None
 
 
@@ -189,8 +191,10 @@ def _test_section(test: dict[str, Any] | None, problem: str | None) -> list[str]
     level = f"{intervals['level']:.0%}"
     lines.append(
         f"On {test['images']} test images ({test.get('split_kind', 'unknown')} split); "
-        f"{level} intervals from {intervals['resamples']} bootstrap resamples (seed {intervals['seed']})."
+        f"{level} intervals from {intervals['resamples']} bootstrap resamples (seed {intervals['seed']}) "
+        f"{stats.resampling_words(intervals)}."
     )
+    lines += [f"- Warning: {sentence}" for sentence in stats.few_cluster_warnings(test.get("clusters_per_class"))]
     lines += [
         "",
         f"- Accuracy: {_score(test['accuracy'])} [{_score(intervals['accuracy'][0])}, {_score(intervals['accuracy'][1])}]",

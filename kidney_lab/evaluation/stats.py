@@ -23,6 +23,14 @@ here resample and permute whole clusters instead:
   be swapped as a whole); McNemar's test stays for random, image-level splits;
 - :func:`clusters_per_class` and :func:`cluster_verdicts`: how many series a class's score rests
   on, and each series' mean-probability verdict against its label.
+
+Which of the two a stored evaluation gets is decided in one place, :func:`interval_resampling`:
+clusters for a grouped split (a cross-validation fold is one), a pooled cross-validation and an
+external folder, whenever the predictions carry their clusters; images for a random split (its
+test series are also in training, so resampling them answers no better question) and for
+predictions stored before clusters were recorded, labelled so. :func:`metrics_with_intervals`
+(the metrics of every stored evaluation, the leaderboard and the pooled cross-validation) and
+:func:`paired_comparison` (McNemar or the paired cluster test) both follow it.
 """
 
 from __future__ import annotations
@@ -37,8 +45,15 @@ import sklearn.metrics
 
 from kidney_lab import runs
 from kidney_lab.data import classes
+from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import store
+
+# Split kinds whose intervals resample images: a random split's test series are also in training.
+IMAGE_RESAMPLED_KINDS = ("random",)
+# A class whose score rests on fewer clusters than this gets a warning (the split's threshold).
+FEW_CLUSTERS = split_module.FEW_CLUSTERS
+PAIRED_TESTS = ("mcnemar", "cluster")
 
 
 def mcnemar(table_a: pd.DataFrame, table_b: pd.DataFrame) -> dict[str, Any]:
@@ -97,7 +112,8 @@ def compare_runs(
     *,
     workspace: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """McNemar's test between the stored predictions of two runs on the same images.
+    """The paired comparison (see :func:`paired_comparison`) of two runs' stored predictions on
+    the same images.
 
     Args:
         run_a, run_b: run folders or run ids (looked up in ``workspace``).
@@ -107,8 +123,9 @@ def compare_runs(
         workspace: where run ids are looked up (default: the default workspace).
 
     Returns:
-        :func:`mcnemar`'s result plus ``run_a``, ``run_b``, ``model_a``, ``model_b`` and
-        ``source``.
+        :func:`paired_comparison`'s result plus ``run_a``, ``run_b``, ``model_a``, ``model_b``,
+        ``source`` and ``split_kind`` (of run A's evaluation; McNemar's test when either run's
+        is random).
 
     Raises:
         kidney_lab.runs.RunNotFoundError: a run does not exist.
@@ -117,15 +134,169 @@ def compare_runs(
     """
     folder_a = runs.resolve_run(run_a, workspace)
     folder_b = runs.resolve_run(run_b, workspace)
-    result = mcnemar(store.load_predictions(folder_a, source), store.load_predictions(folder_b, source))
+    kinds = [store.split_kind(folder, source) for folder in (folder_a, folder_b)]
+    kind = next((item for item in kinds if item in IMAGE_RESAMPLED_KINDS), kinds[0])
+    result = paired_comparison(
+        store.load_predictions(folder_a, source), store.load_predictions(folder_b, source), kind
+    )
     return {
         "run_a": folder_a.name,
         "run_b": folder_b.name,
         "model_a": runs.read_run(folder_a).model,
         "model_b": runs.read_run(folder_b).model,
         "source": source,
+        "split_kind": kind,
         **result,
     }
+
+
+def has_clusters(table: pd.DataFrame) -> bool:
+    """Whether every row of a predictions table names its near-duplicate cluster."""
+    try:
+        _clusters(table)
+    except metrics_module.PredictionsError:
+        return False
+    return True
+
+
+def interval_resampling(table: pd.DataFrame, split_kind: str | None) -> tuple[str, str]:
+    """Which units the intervals and paired tests of an evaluation resample, and why.
+
+    Args:
+        table: the evaluation's predictions table.
+        split_kind: what it was measured on: ``"random"``, ``"grouped"`` (a cross-validation
+            fold is one), ``"cv"`` (pooled out-of-fold predictions), ``"external"``, or None
+            when unknown.
+
+    Returns:
+        ``("cluster", reason)`` when the table has a complete cluster column and the split is not
+        random; ``("image", reason)`` otherwise. The reason is a sentence for the user.
+    """
+    if split_kind in IMAGE_RESAMPLED_KINDS:
+        return "image", (
+            "random split: its test series are also in training, so the interval says how well the "
+            "model knows those series"
+        )
+    if not has_clusters(table):
+        return "image", (
+            "these predictions were stored without their near-duplicate clusters; evaluate the run "
+            "again for intervals over series"
+        )
+    return "cluster", "a series' slices are not independent, so whole series are drawn"
+
+
+def metrics_with_intervals(
+    table: pd.DataFrame,
+    split_kind: str | None,
+    *,
+    resamples: int = metrics_module.BOOTSTRAP_RESAMPLES,
+    seed: int = metrics_module.BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """The metrics of one evaluation, with the intervals its kind of split calls for.
+
+    This is what every stored ``metrics.json`` holds (the run's test split, an external folder,
+    a pooled cross-validation) and what the leaderboard recomputes.
+
+    Args:
+        table: a predictions table, with a ``cluster`` column where the clusters are known.
+        split_kind: see :func:`interval_resampling`.
+        resamples, seed: of the bootstrap.
+
+    Returns:
+        :func:`kidney_lab.evaluation.metrics.compute_metrics` of the table, whose ``intervals``
+        are :func:`cluster_bootstrap_intervals` or the image bootstrap as
+        :func:`interval_resampling` decides (``resampling`` says which, ``clusters`` how many
+        were resampled, ``None`` for images, and ``reason`` why), plus ``clusters_per_class``
+        (see :func:`clusters_per_class`; ``None`` when the clusters are not known) and
+        ``few_clusters`` (the classes whose score rests on fewer than :data:`FEW_CLUSTERS`
+        clusters, in class order; ``None`` when not known).
+
+    Raises:
+        metrics.PredictionsError: see :func:`kidney_lab.evaluation.metrics.check_predictions`.
+    """
+    result = metrics_module.compute_metrics(table, resamples=resamples, seed=seed, intervals=False)
+    resampling, reason = interval_resampling(table, split_kind)
+    if resampling == "cluster":
+        intervals = cluster_bootstrap_intervals(table, resamples=resamples, seed=seed)
+    else:
+        intervals = metrics_module.bootstrap_intervals(table, resamples=resamples, seed=seed)
+    per_class = clusters_per_class(table) if has_clusters(table) else None
+    result.update(
+        {
+            "intervals": {**intervals, "reason": reason},
+            "clusters_per_class": per_class,
+            "few_clusters": None if per_class is None else few_clusters(per_class),
+        }
+    )
+    return result
+
+
+def resampling_words(intervals: dict[str, Any]) -> str:
+    """What an interval's bootstrap drew, in words for a table or a caption: "over 13
+    near-duplicate clusters (series)" or "over images (as if independent)"."""
+    if intervals.get("resampling") == "cluster":
+        return f"over {intervals['clusters']} near-duplicate clusters (series)"
+    return "over images (as if independent)"
+
+
+def few_clusters(per_class: dict[str, int]) -> list[str]:
+    """The classes (in class order) whose images come from fewer than :data:`FEW_CLUSTERS`
+    clusters, given :func:`clusters_per_class`."""
+    return [name for name in classes.CLASS_NAMES if int(per_class.get(name, 0)) < FEW_CLUSTERS]
+
+
+def few_cluster_warnings(per_class: dict[str, int] | None) -> list[str]:
+    """One sentence per class whose score rests on fewer than :data:`FEW_CLUSTERS` clusters
+    (none when the clusters are not known)."""
+    if per_class is None:
+        return []
+    sentences = []
+    for name in few_clusters(per_class):
+        count = int(per_class.get(name, 0))
+        if count == 0:
+            sentences.append(f"{name}: no images here, so it has no recall.")
+        else:
+            sentences.append(
+                f"{name} rests on {count} near-duplicate cluster{'s' if count != 1 else ''} (series): "
+                "its recall is one or two patients' recall."
+            )
+    return sentences
+
+
+def paired_comparison(
+    table_a: pd.DataFrame,
+    table_b: pd.DataFrame,
+    split_kind: str | None,
+    *,
+    resamples: int = metrics_module.BOOTSTRAP_RESAMPLES,
+    seed: int = metrics_module.BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """Compare two models on the same images with the test their split calls for.
+
+    McNemar's exact test (:func:`mcnemar`) on a random split or where a table lacks clusters;
+    the paired cluster test (:func:`paired_cluster_test`) otherwise, as
+    :func:`interval_resampling` decides for both tables.
+
+    Returns:
+        ``test`` (``"mcnemar"`` or ``"cluster"``), ``resampling`` (``"image"`` or
+        ``"cluster"``), ``reason``, ``p_value`` and ``method`` of the test used, McNemar's
+        descriptive counts (``images``, ``both_right``, ``only_a_right``, ``only_b_right``,
+        ``both_wrong``, ``accuracy_a``, ``accuracy_b``, ``confusion_difference``, ``classes``),
+        and for McNemar its ``statistic``, for the cluster test the rest of
+        :func:`paired_cluster_test`'s result (``clusters``, ``difference``,
+        ``difference_interval``, ...).
+
+    Raises:
+        metrics.PredictionsError: see :func:`mcnemar` and :func:`paired_cluster_test`.
+    """
+    counts = mcnemar(table_a, table_b)
+    choices = [interval_resampling(table, split_kind) for table in (table_a, table_b)]
+    resampling, reason = next((choice for choice in choices if choice[0] == "image"), choices[0])
+    if resampling == "image":
+        return {**counts, "test": "mcnemar", "resampling": "image", "reason": reason}
+    cluster = paired_cluster_test(table_a, table_b, resamples=resamples, seed=seed)
+    descriptive = {key: value for key, value in counts.items() if key not in ("statistic", "p_value", "method")}
+    return {**descriptive, **cluster, "test": "cluster", "reason": reason}
 
 
 def cluster_bootstrap_intervals(
@@ -309,6 +480,36 @@ def cluster_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     result.insert(3, "correct", result["true_label"] == result["predicted_label"])
     result = pd.concat([result, means.reset_index(drop=True)], axis=1)
     return result.sort_values(["correct", "cluster"], kind="stable").reset_index(drop=True)
+
+
+def series_scores(table: pd.DataFrame) -> dict[str, Any]:
+    """Series-level results beside the slice-level metrics: each cluster's verdict
+    (:func:`cluster_verdicts`), how many series are right, and that per class (by a series'
+    label).
+
+    Returns:
+        ``verdicts`` (the DataFrame of :func:`cluster_verdicts`, wrong series first), ``series``,
+        ``right``, ``accuracy`` (the share of series whose verdict is their label), and
+        ``per_class``: for every class, ``series``, ``right`` and ``recall`` (``None`` for a class
+        without series).
+
+    Raises:
+        metrics.PredictionsError: see :func:`cluster_verdicts`.
+    """
+    verdicts = cluster_verdicts(table)
+    per_class = {}
+    for name in classes.CLASS_NAMES:
+        own = verdicts[verdicts["true_label"] == name]
+        right = int(own["correct"].sum())
+        per_class[name] = {"series": int(len(own)), "right": right, "recall": right / len(own) if len(own) else None}
+    right = int(verdicts["correct"].sum())
+    return {
+        "verdicts": verdicts,
+        "series": int(len(verdicts)),
+        "right": right,
+        "accuracy": right / len(verdicts),
+        "per_class": per_class,
+    }
 
 
 def _paired(table_a: pd.DataFrame, table_b: pd.DataFrame, test: str) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -115,10 +115,6 @@ def list_evaluations(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         ``metrics`` (its metrics.json) and ``problem`` (``None`` when metrics.json is readable).
     """
     folder = Path(run_dir)
-    try:
-        split_kind = runs.read_info(folder).split_strategy
-    except runs.RunNotFoundError:
-        split_kind = None
     listing = []
     for source in runs.evaluation_sources(folder):
         try:
@@ -128,7 +124,7 @@ def list_evaluations(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         listing.append(
             {
                 "source": source,
-                "kind": stored.get("split_kind") or (EXTERNAL_KIND if source != runs.TEST_SOURCE else split_kind),
+                "kind": split_kind(folder, source, stored),
                 "images": stored.get("images"),
                 "accuracy": stored.get("accuracy"),
                 "macro_f1": stored.get("macro_f1"),
@@ -141,3 +137,30 @@ def list_evaluations(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             }
         )
     return listing
+
+
+def split_kind(
+    run_dir: str | os.PathLike[str], source: str = runs.TEST_SOURCE, stored: dict[str, Any] | None = None
+) -> str | None:
+    """What one evaluation of a run was measured on: ``"external"`` for a folder; for the test
+    split the ``split_kind`` its ``metrics.json`` stored, else the split strategy of ``run.json``
+    (``"random"`` or ``"grouped"``); ``None`` when neither says.
+
+    Args:
+        run_dir: the run folder.
+        source: ``"test"`` or an external folder's fingerprint.
+        stored: the evaluation's ``metrics.json`` when already read (read here otherwise).
+    """
+    if source != runs.TEST_SOURCE:
+        return EXTERNAL_KIND
+    if stored is None:
+        try:
+            stored = load_metrics(run_dir, source)
+        except EvaluationError:
+            stored = {}
+    if stored.get("split_kind"):
+        return str(stored["split_kind"])
+    try:
+        return runs.read_info(Path(run_dir)).split_strategy
+    except runs.RunNotFoundError:
+        return None

@@ -15,6 +15,7 @@ from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
 from kidney_lab.training import jobs
 from tests.app.helpers import texts, wait_for
+from tests.evaluation.helpers import clustered_table, fake_run
 
 PAGE = "pages/evaluation.py"
 MISSING_RUN = "20990101-000000-vit-abcdef"
@@ -48,7 +49,9 @@ def test_one_run_is_drawn_from_its_stored_predictions(open_app, tiny_study):
     _no_exception(app)
     assert not app.error, [element.value for element in app.error]
     assert app.selectbox(key="evaluation_run").value == run.name
-    expected = metrics.compute_metrics(store.load_predictions(run))
+    # The tiny study's split is grouped: the interval resamples its test clusters.
+    expected = stats.metrics_with_intervals(store.load_predictions(run), "grouped")
+    assert expected["intervals"]["resampling"] == "cluster"
     shown = _metrics(app)
     assert shown["Images"] == str(expected["images"])
     assert shown["Accuracy"] == f"{expected['accuracy']:.3f}"
@@ -97,21 +100,22 @@ def test_a_link_to_a_run_that_does_not_exist_says_so(open_app, tiny_study):
 
 
 @pytest.mark.slow
-def test_two_runs_get_mcnemars_test_and_the_confusion_difference(open_app, tiny_study):
+def test_two_runs_get_the_paired_test_and_the_confusion_difference(open_app, tiny_study):
     run_a, run_b = tiny_study.runs["resnet50"], tiny_study.runs["vit"]
     app = _open(open_app, tiny_study.workspace, run=run_a.name, compare=run_b.name)
     _no_exception(app)
     assert not app.error, [element.value for element in app.error]
     assert app.segmented_control(key="evaluation_mode").value == "Compare two runs"
+    # A grouped split: the paired cluster test; its image counts are McNemar's.
     expected = stats.mcnemar(store.load_predictions(run_a), store.load_predictions(run_b))
-    assert _metrics(app)["p-value (exact, two-sided)"] == f"{expected['p_value']:.3g}"
+    paired = stats.compare_runs(run_a, run_b)
+    assert paired["test"] == "cluster"
+    assert _metrics(app)[f"p-value (permutation over {paired['clusters']} series)"] == f"{paired['p_value']:.3g}"
     counts = app.dataframe[0].value
     assert counts.loc["A right", "B wrong"] == expected["only_a_right"]
     assert counts.loc["A wrong", "B right"] == expected["only_b_right"]
     assert counts.to_numpy().sum() == expected["images"]
-    shown = texts(app)
-    assert f"The models disagree on {expected['only_a_right'] + expected['only_b_right']:,}" in shown or \
-        "right and wrong on exactly the same" in shown
+    assert f"resampling the {paired['clusters']} series" in texts(app)
     assert "Confusion matrix difference (B minus A)" in [element.value for element in app.subheader]
 
 
@@ -248,3 +252,82 @@ def test_a_run_that_fell_back_to_random_weights_says_so_wherever_it_is_shown(ope
     _no_exception(compare)
     assert ("Trained from random initialisation because ImageNet weights were unavailable: Vision Transformer"
             in texts(compare))
+
+
+# Hand-made runs (no training): series-level results, resampling and the paired test's choice.
+
+SERIES = {"Cyst": 4, "Normal": 1, "Stone": 3, "Tumor": 2}
+
+
+@pytest.fixture
+def series_workspace(tmp_path: Path) -> dict[str, Path]:
+    """Two grouped runs on the same ten series, two random-split runs, and one run whose
+    predictions were stored before clusters were recorded."""
+    workspace = tmp_path / "workspace"
+    made = {
+        "a": fake_run(workspace, "resnet50", clustered_table(SERIES, seed=1, skill=2.0)),
+        "b": fake_run(workspace, "vit", clustered_table(SERIES, seed=2, skill=0.3)),
+        "old": fake_run(workspace, "mobilenetv2", clustered_table(SERIES, seed=3, prefix="/old/x").drop(columns="cluster")),
+    }
+    random_a = fake_run(workspace, "inceptionv3", clustered_table(SERIES, seed=4, prefix="/random/x"), split="random")
+    random_b = fake_run(workspace, "efficientnetb0", clustered_table(SERIES, seed=5, prefix="/random/x"), split="random")
+    return {"base": workspace, "random_a": random_a, "random_b": random_b, **made}
+
+
+def test_one_run_shows_its_series_and_the_few_series_warning(open_app, series_workspace):
+    run = series_workspace["a"]
+    app = _open(open_app, series_workspace["base"], run=run.name)
+    _no_exception(app)
+    table = store.load_predictions(run)
+    expected = stats.metrics_with_intervals(table, "grouped")
+    series = stats.series_scores(table)
+    low, high = expected["intervals"]["accuracy"]
+    shown = texts(app)
+    assert f"95% CI {low:.3f}–{high:.3f} over 10 near-duplicate clusters (series)" in shown
+    assert "clusters (series) per class: Cyst 4, Normal 1, Stone 3, Tumor 2" in shown
+    warning = " ".join(element.value for element in app.warning)
+    assert "Normal rests on 1 near-duplicate cluster (series): its recall is one or two patients' recall." in warning
+    assert "Tumor rests on 2" in warning and "Cyst rests" not in warning
+    assert "Series-level results" in [element.value for element in app.subheader]
+    metric = _metrics(app)
+    assert metric["Series right"] == f"{series['right']} of 10"
+    for name, item in series["per_class"].items():
+        assert metric[f"{name} series right"] == f"{item['right']} of {item['series']}"
+    assert f"series-level accuracy {series['accuracy']:.3f}" in shown
+    wrong = series["verdicts"][~series["verdicts"]["correct"]]
+    frames = [element.value for element in app.dataframe]
+    series_frames = [frame for frame in frames if "series (cluster)" in frame.columns]
+    assert len(series_frames) == (2 if len(wrong) else 1)
+    if len(wrong):
+        assert series_frames[0]["series (cluster)"].tolist() == wrong["cluster"].astype(str).tolist()
+        assert not series_frames[0]["right"].any()
+    assert len(series_frames[-1]) == 10
+
+
+def test_old_predictions_without_clusters_say_their_intervals_resample_images(open_app, series_workspace):
+    app = _open(open_app, series_workspace["base"], run=series_workspace["old"].name)
+    _no_exception(app)
+    shown = texts(app)
+    assert "over images (as if independent)" in shown and "stored without their near-duplicate clusters" in shown
+    assert any("evaluate the run again to see them" in element.value for element in app.info)
+
+
+def test_two_grouped_runs_get_the_paired_cluster_test(open_app, series_workspace):
+    run_a, run_b = series_workspace["a"], series_workspace["b"]
+    app = _open(open_app, series_workspace["base"], run=run_a.name, compare=run_b.name)
+    _no_exception(app)
+    assert not app.error, [element.value for element in app.error]
+    expected = stats.compare_runs(run_a, run_b)
+    assert expected["test"] == "cluster"
+    assert _metrics(app)["p-value (permutation over 10 series)"] == f"{expected['p_value']:.3g}"
+    assert "Is the difference more than chance? Paired test over series" in [element.value for element in app.subheader]
+    assert f"**{expected['difference']['macro_f1']:+.3f}**" in texts(app)
+
+
+def test_two_random_split_runs_keep_mcnemars_test(open_app, series_workspace):
+    run_a, run_b = series_workspace["random_a"], series_workspace["random_b"]
+    app = _open(open_app, series_workspace["base"], run=run_a.name, compare=run_b.name)
+    _no_exception(app)
+    expected = stats.mcnemar(store.load_predictions(run_a), store.load_predictions(run_b))
+    assert _metrics(app)["p-value (exact, two-sided)"] == f"{expected['p_value']:.3g}"
+    assert "McNemar's test counts images as independent: random split" in texts(app)

@@ -10,6 +10,7 @@ import pytest
 from kidney_lab import runs
 from kidney_lab.evaluation.leaderboard import leaderboard
 from tests.app.helpers import texts
+from tests.evaluation.helpers import STUDY, clustered_table, fake_run, write_cv_result
 
 PAGE = "pages/leaderboard.py"
 
@@ -111,3 +112,38 @@ def test_a_run_still_training_is_not_deleted(open_app, two_run_workspace):
     assert (two_run_workspace / busy).is_dir()
     assert any("still running" in element.value and "cancel its training job first" in element.value
                for element in app.error)
+
+
+CV_SERIES = {"Cyst": 4, "Normal": 2, "Stone": 3, "Tumor": 3}
+
+
+def test_cross_validation_rows_show_their_folds_resampling_and_few_series(open_app, tmp_path):
+    workspace = tmp_path / "workspace"
+    fold = fake_run(workspace, "vit", clustered_table(CV_SERIES, seed=7, prefix="/fold/x"))
+    write_cv_result(workspace, STUDY, "vit", clustered_table(CV_SERIES, seed=1, skill=0.5), fold_runs=[fold])
+    write_cv_result(workspace, STUDY, "resnet50", clustered_table(CV_SERIES, seed=2, skill=3.0))
+    random_run = fake_run(workspace, "mobilenetv2", clustered_table(CV_SERIES, seed=3, prefix="/random/x"),
+                          split="random")
+    app = open_app(workspace, page=PAGE)
+    _no_exception(app)
+    assert not app.error, [element.value for element in app.error]
+    expected = leaderboard(workspace).set_index("run_id")
+    table = app.dataframe[0].value.set_index("run")
+    cv_row = table.loc[f"cv/{STUDY}/vit"]
+    truth = expected.loc[f"cv/{STUDY}/vit"]
+    assert cv_row["split"] == "cv" and cv_row["evaluated on"] == "cross-validation, out-of-fold"
+    assert cv_row["resampled"] == "clusters (12)" and cv_row["test"] == "cluster"
+    assert cv_row["clusters per class"] == "Cyst 4 · Normal 2 · Stone 3 · Tumor 3"
+    assert cv_row["folds macro F1"] == (f"{truth['macro_f1_fold_mean']:.3f} ± {truth['macro_f1_fold_sd']:.3f} "
+                                        "(3 folds)")
+    assert cv_row["macro_f1"] == (f"{truth['macro_f1']:.3f} ({truth['macro_f1_ci_low']:.3f}–"
+                                  f"{truth['macro_f1_ci_high']:.3f})")
+    assert cv_row["p vs best"] == pytest.approx(truth["p_vs_best"])
+    assert table.loc[random_run.name, "resampled"] == "images"
+    warning = " ".join(element.value for element in app.warning)
+    assert "have a class that rests on fewer than three near-duplicate clusters (series): its recall is one or two " \
+        "patients' recall" in warning
+    assert "**Vision Transformer** (cross-validation, out-of-fold, group A): Normal on 2" in warning
+    assert app.selectbox(key="leaderboard_split").options == ["All", "grouped", "cv", "random"]
+    # The actions are for runs: the CV rows are not offered.
+    assert all("cross-validation" not in option for option in app.selectbox(key="leaderboard_row").options)

@@ -28,6 +28,13 @@ def test_evaluate_the_test_split_and_an_external_folder(run_copy: Path, external
     low, high = result["accuracy_ci"]
     assert f"accuracy {result['accuracy']:.3f} [{low:.3f}, {high:.3f}]" in out
     assert "95% bootstrap intervals" in out and "duplicate in training: 0" in out
+    intervals = result["intervals"]
+    assert intervals["resampling"] == "cluster" and intervals["accuracy"] == [low, high]
+    assert f"over {intervals['clusters']} near-duplicate clusters" in out
+    assert set(result["clusters_per_class"]) == {"Cyst", "Normal", "Stone", "Tumor"}
+    assert result["few_clusters"] == [name for name, count in result["clusters_per_class"].items() if count < 3]
+    for name in result["few_clusters"]:
+        assert f"warning: {name} rests on" in out
 
     code, out, err = run(["evaluate", str(run_copy), "--data", str(external_folder),
                           "--json", str(tmp_path / "external.json")], capsys)

@@ -14,6 +14,7 @@ import pytest
 from kidney_lab import errors
 from kidney_lab import fileio
 from kidney_lab import runs
+from kidney_lab.data import audit
 from kidney_lab.data import discover
 from kidney_lab.data import pipeline
 from kidney_lab.data import split as split_module
@@ -43,7 +44,9 @@ def test_training_stored_the_full_evaluation(tiny_run: Path) -> None:
     info = fileio.read_json(tiny_run / runs.RUN_FILE)
     table = store.load_predictions(tiny_run)
     assert sorted(table["path"]) == sorted(test_subset(tiny_run)["path"])
-    recomputed = metrics.compute_metrics(table)
+    # The split is grouped, so the stored intervals resample the test clusters.
+    recomputed = stats.metrics_with_intervals(table, "grouped")
+    assert stored["intervals"]["resampling"] == "cluster"
     for key in ("accuracy", "macro_f1", "balanced_accuracy", "loss", "ece", "macro_roc_auc", "intervals"):
         assert stored[key] == pytest.approx(recomputed[key]) if key != "intervals" else stored[key] == recomputed[key]
     assert stored["evaluated_on"] == "test" and stored["split_kind"] == "grouped"
@@ -60,6 +63,17 @@ def test_training_stored_the_full_evaluation(tiny_run: Path) -> None:
     assert len(stored["calibration"]["reliability"]) == 10
     [listed] = store.list_evaluations(tiny_run)
     assert listed["source"] == "test" and listed["kind"] == "grouped" and listed["images"] == len(table)
+
+
+def test_the_test_predictions_keep_each_image_s_cluster_of_the_split(tiny_run: Path) -> None:
+    table = store.load_predictions(tiny_run)
+    manifest = test_subset(tiny_run).set_index("path")["cluster"]
+    assert table.set_index("path")["cluster"].to_dict() == manifest.loc[table["path"]].to_dict()
+    stored = store.load_metrics(tiny_run)
+    per_class = stats.clusters_per_class(table)
+    assert stored["intervals"]["clusters"] == table["cluster"].nunique()
+    assert stored["clusters_per_class"] == per_class
+    assert stored["few_clusters"] == [name for name, count in per_class.items() if count < 3]
 
 
 def test_shuffled_input_gives_the_same_metrics_and_the_original_bug_does_not(tiny_run: Path) -> None:
@@ -110,6 +124,13 @@ def test_external_folder_is_stored_beside_the_run(run_copy: Path, external_folde
     assert len(table) == 12 and set(table["true_label"]) == {"Cyst", "Normal", "Stone", "Tumor"}
     assert [item["source"] for item in store.list_evaluations(run_copy)] == ["test", fingerprint]
     assert [item["kind"] for item in store.list_evaluations(run_copy)] == ["grouped", "external"]
+    # Each image keeps the cluster the audit of that folder gives it, and the intervals resample them.
+    report = audit.audit_dataset(discover.scan_dataset(external_folder))
+    expected = report.table.set_index("path")["cluster"]
+    assert table.set_index("path")["cluster"].to_dict() == expected.loc[table["path"]].to_dict()
+    assert result["intervals"]["resampling"] == "cluster"
+    assert result["intervals"]["clusters"] == len(set(report.clusters))
+    assert result["clusters_per_class"] == stats.clusters_per_class(table)
 
     card = model_card_module.model_card(run_copy)
     assert f"`{fingerprint}`" in card and "## External evaluations" in card

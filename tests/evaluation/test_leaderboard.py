@@ -14,40 +14,9 @@ from kidney_lab import runs
 from kidney_lab.evaluation import leaderboard as leaderboard_module
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
-from tests.evaluation.helpers import random_table
+from tests.evaluation.helpers import STUDY, clustered_table, fake_run, random_table, write_cv_result, write_evaluation
 
-STUDY = "study-20260101-120000-ab12"
 OTHER_STUDY = "study-20260101-130000-cd34"
-
-
-def fake_run(
-    workspace: Path,
-    model: str,
-    table: pd.DataFrame | None,
-    *,
-    study: str = STUDY,
-    split: str = "grouped",
-    fingerprint: str = "aaaa11112222",
-) -> Path:
-    """A finished run folder whose test predictions are ``table`` (none if None)."""
-    info = {
-        "model": model, "study_id": study, "split_strategy": split, "dataset_fingerprint": fingerprint,
-        "image_size": 32, "weights": "random", "epochs_trained": 2, "train_seconds": 3.5,
-        "parameters": 1234, "test_with_duplicate_in_train": 7 if split == "random" else 0,
-    }
-    path = runs.create_run(workspace, runs.new_run_id(model), info)
-    if table is not None:
-        write_evaluation(path, runs.TEST_SOURCE, table, split_kind=split, fingerprint=fingerprint)
-    runs.mark_finished(path, runs.COMPLETED)
-    return path
-
-
-def write_evaluation(path: Path, source: str, table: pd.DataFrame, **stored) -> None:
-    with fileio.atomic_path(runs.predictions_path(path, source)) as temporary:
-        table.to_csv(temporary, index=False)
-    fileio.atomic_write_json(
-        runs.metrics_path(path, source), {"ms_per_image_batch_1": 2.5, "model_bytes": 4096, **stored}
-    )
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +158,73 @@ def test_faithfulness_of_an_external_folder_shows_on_its_row(tmp_path: Path) -> 
     board = leaderboard_module.leaderboard(tmp_path).set_index("evaluated_on")
     assert board.loc["dddd77778888", "pointing_game"] == 0.25
     assert pd.isna(board.loc["test", "pointing_game"])
+
+
+CV_CLUSTERS = {"Cyst": 4, "Normal": 2, "Stone": 3, "Tumor": 3}
+
+
+def test_cross_validation_rows_come_from_their_pooled_folders(tmp_path: Path) -> None:
+    fold_run = fake_run(tmp_path, "vit", None)
+    strong = write_cv_result(tmp_path, STUDY, "resnet50", clustered_table(CV_CLUSTERS, seed=1, skill=3.0))
+    weak = write_cv_result(tmp_path, STUDY, "vit", clustered_table(CV_CLUSTERS, seed=2, skill=0.5),
+                           fold_runs=[fold_run])
+    # Another fold plan on the same images is not comparable with these two.
+    write_cv_result(tmp_path, OTHER_STUDY, "vit", clustered_table(CV_CLUSTERS, seed=3), cv_id="cv-bbbb2222")
+    write_cv_result(tmp_path, OTHER_STUDY, "resnet50", clustered_table(CV_CLUSTERS, seed=4), complete=False)
+
+    board = leaderboard_module.leaderboard(tmp_path)
+    assert set(board["split"]) == {"cv"} and len(board) == 3
+    rows = board.set_index("run_id")
+    strong_row, weak_row = rows.loc[f"cv/{STUDY}/resnet50"], rows.loc[f"cv/{STUDY}/vit"]
+    assert strong_row["comparable_group"] == weak_row["comparable_group"] != rows.loc[f"cv/{OTHER_STUDY}/vit", "comparable_group"]
+    assert strong_row["rank"] == 1 and weak_row["rank"] == 2
+    assert rows.loc[f"cv/{OTHER_STUDY}/vit", "rank"] == 1
+
+    pooled = store.read_predictions(runs.predictions_path(weak))
+    stored = fileio.read_json(runs.metrics_path(weak))
+    assert weak_row["images"] == len(pooled) == 72 and weak_row["path"] == str(weak)
+    assert weak_row["macro_f1"] == pytest.approx(stored["macro_f1"])
+    assert weak_row["interval_resampling"] == "cluster" and weak_row["clusters"] == 12
+    assert [weak_row["macro_f1_ci_low"], weak_row["macro_f1_ci_high"]] == stored["intervals"]["macro_f1"]
+    summary = fileio.read_json(runs.cv_path(weak))
+    assert weak_row["macro_f1_fold_mean"] == pytest.approx(summary["macro_f1_mean"])
+    assert weak_row["macro_f1_fold_sd"] == pytest.approx(summary["macro_f1_sd"])
+    assert weak_row["cv_id"] == "cv-aaaa1111" and weak_row["folds"] == 3 and weak_row["status"] == "completed"
+    assert weak_row["clusters_per_class"] == CV_CLUSTERS and weak_row["few_clusters"] == ["Normal"]
+    assert "Normal rests on 2 near-duplicate clusters" in weak_row["cluster_warning"]
+    assert "patients' recall" in weak_row["cluster_warning"] and weak_row["image_size"] == 32
+    assert "Normal rests on 2" in strong_row["cluster_warning"]  # Normal has 2 clusters in every table here.
+
+    expected = stats.paired_cluster_test(store.read_predictions(runs.predictions_path(strong)), pooled)
+    assert weak_row["p_test"] == "cluster" and weak_row["p_vs_best"] == pytest.approx(expected["p_value"])
+    assert pd.isna(weak_row["mcnemar_p_vs_best"])
+
+    assert set(leaderboard_module.leaderboard(tmp_path, split="cv")["run_id"]) == set(rows.index)
+    assert set(leaderboard_module.leaderboard(tmp_path, study_id=OTHER_STUDY)["run_id"]) == {f"cv/{OTHER_STUDY}/vit"}
+    unfinished = leaderboard_module.leaderboard(tmp_path, include_unevaluated=True).set_index("run_id")
+    assert unfinished.loc[f"cv/{OTHER_STUDY}/resnet50", "status"] == "2 of 3 folds done"
+    assert pd.isna(unfinished.loc[f"cv/{OTHER_STUDY}/resnet50", "rank"])
+
+
+def test_grouped_rows_with_clusters_are_compared_by_the_cluster_test(tmp_path: Path) -> None:
+    a = fake_run(tmp_path, "resnet50", clustered_table(CV_CLUSTERS, seed=1, skill=3.0))
+    b = fake_run(tmp_path, "vit", clustered_table(CV_CLUSTERS, seed=2, skill=0.5))
+    board = leaderboard_module.leaderboard(tmp_path).set_index("run_id")
+    assert board.loc[b.name, "p_test"] == "cluster" and board.loc[a.name, "interval_resampling"] == "cluster"
+    assert board.loc[b.name, "p_vs_best"] == pytest.approx(
+        stats.paired_cluster_test(store.load_predictions(a), store.load_predictions(b))["p_value"]
+    )
+    random_a = fake_run(tmp_path / "r", "resnet50", clustered_table(CV_CLUSTERS, seed=1, skill=3.0), split="random")
+    random_b = fake_run(tmp_path / "r", "vit", clustered_table(CV_CLUSTERS, seed=2, skill=0.5), split="random")
+    shuffled = leaderboard_module.leaderboard(tmp_path / "r").set_index("run_id")
+    assert shuffled.loc[random_b.name, "p_test"] == "mcnemar"
+    assert shuffled.loc[random_a.name, "interval_resampling"] == "image"
+    assert shuffled.loc[random_b.name, "mcnemar_p_vs_best"] == pytest.approx(
+        stats.mcnemar(store.load_predictions(random_a), store.load_predictions(random_b))["p_value"]
+    )
+
+
+def test_old_rows_without_clusters_say_their_intervals_resample_images(workspace) -> None:
+    table = leaderboard_module.leaderboard(workspace["base"])
+    assert set(table["interval_resampling"]) == {"image"} and set(table["p_test"].dropna()) == {"mcnemar"}
+    assert table["clusters_per_class"].isna().all() and table["cluster_warning"].isna().all()
