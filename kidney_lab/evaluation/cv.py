@@ -121,8 +121,7 @@ def pool_model(
 
     fold_metrics = [store.load_metrics(fold_runs[fold].path) for fold in range(plan.folds)]
     table = pooled_predictions(plan, {fold: store.load_predictions(fold_runs[fold].path) for fold in range(plan.folds)})
-    result = metrics_module.compute_metrics(table)
-    result["intervals"] = stats.cluster_bootstrap_intervals(table)
+    result = stats.metrics_with_intervals(table, CV_KIND)
     folds_f1 = [_score(stored, "macro_f1") for stored in fold_metrics]
     folds_accuracy = [_score(stored, "accuracy") for stored in fold_metrics]
     summary.update({
@@ -132,7 +131,8 @@ def pool_model(
         "macro_f1_interval": result["intervals"]["macro_f1"],
         "accuracy_interval": result["intervals"]["accuracy"],
         "clusters": result["intervals"].get("clusters"),
-        "clusters_per_class": stats.clusters_per_class(table),
+        "clusters_per_class": result["clusters_per_class"],
+        "few_clusters": result["few_clusters"],
         "warnings": plan.warnings,
         "folds_macro_f1": folds_f1,
         "folds_accuracy": folds_accuracy,
