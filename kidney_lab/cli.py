@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only rows evaluated on this kind of split")
     board.add_argument("--fingerprint", default=None, help="only rows evaluated on the dataset with this fingerprint")
     board.add_argument("--no-external", action="store_true", help="leave out evaluations of external folders")
+    board.add_argument("--folds", action="store_true",
+                       help="also each cross-validation fold's own row (by default only the pooled cv row)")
     board.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV to FILE")
     _add_workspace(board)
     _add_json(board)
@@ -367,7 +369,8 @@ def _run_leaderboard(arguments: argparse.Namespace) -> dict[str, Any]:
     from kidney_lab.evaluation.leaderboard import leaderboard
 
     table = leaderboard(arguments.workspace, study_id=arguments.study, split=arguments.split,
-                        fingerprint=arguments.fingerprint, include_external=not arguments.no_external)
+                        fingerprint=arguments.fingerprint, include_external=not arguments.no_external,
+                        include_folds=arguments.folds)
     shown = table[["comparable_group", "rank", "display_name", "split", "images", "accuracy", "accuracy_ci_low",
                    "accuracy_ci_high", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "interval_resampling",
                    "macro_f1_fold_mean", "macro_f1_fold_sd", "p_vs_best", "p_test", "run_id"]].assign(

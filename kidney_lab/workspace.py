@@ -13,8 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from kidney_lab.errors import KidneyLabError
-from kidney_lab.fileio import atomic_write_json, read_json
+from kidney_lab import errors
+from kidney_lab import fileio
 
 WORKSPACE_VARIABLE = "KIDNEY_LAB_WORKSPACE"
 DEMO_DATA_FOLDER = "demo_data"
@@ -24,7 +24,7 @@ APP_STATE_FILE = "app.json"
 _DATA_FOLDER_KEY = "data_folder"
 
 
-class WorkspaceError(KidneyLabError):
+class WorkspaceError(errors.KidneyLabError):
     """The workspace cannot be used, or a name would lead outside it."""
 
 
@@ -82,7 +82,7 @@ def remember_data_folder(folder: str | os.PathLike[str], workspace: str | os.Pat
     state = _read_app_state(base)
     state[_DATA_FOLDER_KEY] = str(chosen)
     try:
-        atomic_write_json(base / APP_STATE_FILE, state)
+        fileio.atomic_write_json(base / APP_STATE_FILE, state)
     except OSError as error:
         raise WorkspaceError(
             f"Cannot remember the dataset folder in {base / APP_STATE_FILE} "
@@ -105,7 +105,7 @@ def last_data_folder(workspace: str | os.PathLike[str] | None = None) -> Path | 
 def _read_app_state(base: Path) -> dict[str, object]:
     """The JSON object in ``<base>/app.json``; ``{}`` when it is absent or unreadable."""
     try:
-        state = read_json(base / APP_STATE_FILE)
+        state = fileio.read_json(base / APP_STATE_FILE)
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from kidney_lab import workspace as workspace_module
-from kidney_lab.errors import KidneyLabError
+from kidney_lab import errors
 
 DATA_VARIABLE = "KIDNEY_LAB_DATA"
 # Source labels of the dataset folder, as the sidebar shows them.
@@ -61,7 +61,7 @@ def choose_data_folder(folder: str | os.PathLike[str], base: Path | None = None)
 
     text = os.fspath(folder).strip()
     if not text:
-        raise KidneyLabError("Type the path of a dataset folder first.")
+        raise errors.KidneyLabError("Type the path of a dataset folder first.")
     root, _ = discover.find_root(text)
     workspace_module.remember_data_folder(root, base or workspace())
     return root

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import streamlit as st
 
-from kidney_lab.errors import KidneyLabError
+from kidney_lab import errors
 
 _LOGGER = logging.getLogger("kidney_lab.app")
 APP_FILE = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -146,7 +146,7 @@ def shown_errors(doing: str) -> Iterator[None]:
     """
     try:
         yield
-    except KidneyLabError as error:
+    except errors.KidneyLabError as error:
         st.error(str(error), icon=":material/error:")
     except Exception as error:  # noqa: BLE001 - the app's last line of defence.
         _LOGGER.error("Unexpected error while %s\n%s", doing, traceback.format_exc())

@@ -16,7 +16,7 @@ from kidney_lab import workspace as workspace_module
 from kidney_lab.data import audit as audit_module
 from kidney_lab.data import discover
 from kidney_lab.data import split as split_module
-from kidney_lab.data.classes import CLASS_NAMES
+from kidney_lab.data import classes
 from pages import common
 
 SAMPLES_PER_CLASS = 6
@@ -138,7 +138,7 @@ def draw_samples(scan: discover.DatasetScan) -> None:
     """A few images of each class, spread evenly over the class's files."""
     st.subheader("Samples")
     st.caption(f"{SAMPLES_PER_CLASS} images per class, evenly spaced through each class's files in name order.")
-    for label in CLASS_NAMES:
+    for label in classes.CLASS_NAMES:
         paths = scan.table.loc[scan.table["label"] == label, "path"].tolist()
         chosen = spread(paths, SAMPLES_PER_CLASS)
         st.markdown(f"**{label}** ({len(paths):,} images)")
@@ -260,7 +260,7 @@ def draw_cluster_tables(results: dict[str, dict]) -> None:
         column.markdown(f"*{strategy}*")
         column.table(pd.DataFrame(
             [result["clusters"][subset] for subset in split_module.SUBSETS],
-            index=[SUBSET_NAMES[subset] for subset in split_module.SUBSETS], columns=list(CLASS_NAMES),
+            index=[SUBSET_NAMES[subset] for subset in split_module.SUBSETS], columns=list(classes.CLASS_NAMES),
         ))
     grouped = results.get("grouped")
     for warning in grouped["warnings"] if grouped else []:

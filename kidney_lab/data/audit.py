@@ -30,10 +30,10 @@ import pandas as pd
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from kidney_lab.data.discover import HASH_SIZE, DatasetScan
+from kidney_lab.data import discover
 
 NEAR_DUPLICATE_THRESHOLD = 20
-HASH_BITS = HASH_SIZE * HASH_SIZE
+HASH_BITS = discover.HASH_SIZE * discover.HASH_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class AuditReport:
             duplicates.
     """
 
-    scan: DatasetScan
+    scan: discover.DatasetScan
     clusters: np.ndarray
     exact_duplicate_groups: list[list[str]]
     label_conflicts: list[list[str]]
@@ -133,7 +133,7 @@ class AuditReport:
         return "\n".join(lines)
 
 
-def audit_dataset(scan: DatasetScan, threshold: int = NEAR_DUPLICATE_THRESHOLD) -> AuditReport:
+def audit_dataset(scan: discover.DatasetScan, threshold: int = NEAR_DUPLICATE_THRESHOLD) -> AuditReport:
     """Find exact duplicates, label conflicts and near-duplicate clusters in ``scan``.
 
     Args:
@@ -257,7 +257,7 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return rank[inverse.reshape(-1)]
 
 
-def _short(path: str, scan: DatasetScan) -> str:
+def _short(path: str, scan: discover.DatasetScan) -> str:
     """A path relative to the dataset root, for the terminal report."""
     try:
         return str(Path(path).relative_to(scan.root))

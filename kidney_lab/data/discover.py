@@ -26,10 +26,10 @@ import imagehash
 import pandas as pd
 from PIL import Image
 
-from kidney_lab.data.classes import CLASS_NAMES, KAGGLE_FOLDER_NAME, match_class
-from kidney_lab.data.scan import MAX_PIXELS, MIN_SIDE, read_scan, sniff_content
-from kidney_lab.errors import DatasetError, ScanReadError
-from kidney_lab.fileio import atomic_path, short_hash
+from kidney_lab.data import classes
+from kidney_lab.data import scan as scan_module
+from kidney_lab import errors
+from kidney_lab import fileio
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 
@@ -79,13 +79,13 @@ class DatasetScan:
             f"{Path(path).relative_to(self.root).as_posix()}\t{label}\t{md5}"
             for path, label, md5 in zip(self.table["path"], self.table["label"], self.table["md5"])
         ]
-        return short_hash(*sorted(lines))
+        return fileio.short_hash(*sorted(lines))
 
     @property
     def per_class(self) -> dict[str, int]:
         """Usable images per class, in class order (zero for an empty class)."""
         counts = self.table["label"].value_counts()
-        return {name: int(counts.get(name, 0)) for name in CLASS_NAMES}
+        return {name: int(counts.get(name, 0)) for name in classes.CLASS_NAMES}
 
     def summary(self) -> dict[str, object]:
         """A JSON-serialisable summary: counts per class, sizes seen, skipped and ignored files."""
@@ -122,41 +122,41 @@ def find_root(folder: str | os.PathLike[str]) -> tuple[Path, dict[str, Path]]:
     """
     start = Path(folder).expanduser()
     if not start.exists():
-        raise DatasetError(f"Dataset folder {start} does not exist; check the path.")
+        raise errors.DatasetError(f"Dataset folder {start} does not exist; check the path.")
     if not start.is_dir():
-        raise DatasetError(
+        raise errors.DatasetError(
             f"{start} is a file, not a folder; give the folder that holds the class folders "
-            f"({', '.join(CLASS_NAMES)})."
+            f"({', '.join(classes.CLASS_NAMES)})."
         )
     start = start.resolve()
     level = [start]
     for _ in range(_MAX_SEARCH_DEPTH + 1):
         found = [(candidate, _class_folders(candidate)) for candidate in level]
-        found = [(candidate, classes) for candidate, classes in found if classes]
+        found = [(candidate, folders) for candidate, folders in found if folders]
         if len(found) > 1:
             # A folder named like the Kaggle download wins over siblings such as masks/.
-            kaggle = [item for item in found if item[0].name.lower() == KAGGLE_FOLDER_NAME.lower()]
+            kaggle = [item for item in found if item[0].name.lower() == classes.KAGGLE_FOLDER_NAME.lower()]
             found = kaggle if len(kaggle) == 1 else found
         if len(found) > 1:
             listing = "; ".join(str(candidate) for candidate, _ in found)
-            raise DatasetError(
+            raise errors.DatasetError(
                 f"Found several datasets under {start} ({listing}); point at one of them."
             )
         if found:
-            root, classes = found[0]
-            missing = [name for name in CLASS_NAMES if name not in classes]
+            root, folders = found[0]
+            missing = [name for name in classes.CLASS_NAMES if name not in folders]
             if missing:
-                raise DatasetError(
-                    f"{root} has class folders {', '.join(sorted(classes))} but no "
+                raise errors.DatasetError(
+                    f"{root} has class folders {', '.join(sorted(folders))} but no "
                     f"{', '.join(missing)} folder; the dataset needs one folder per class "
-                    f"({', '.join(CLASS_NAMES)})."
+                    f"({', '.join(classes.CLASS_NAMES)})."
                 )
-            return root, classes
+            return root, folders
         level = [child for parent in level for child in _subfolders(parent)]
         if not level:
             break
-    raise DatasetError(
-        f"No class folders ({', '.join(CLASS_NAMES)}) found in {start} or the "
+    raise errors.DatasetError(
+        f"No class folders ({', '.join(classes.CLASS_NAMES)}) found in {start} or the "
         f"{_MAX_SEARCH_DEPTH} levels below it; point at the folder of the Kaggle download "
         "(CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone) or one above it."
     )
@@ -188,7 +188,7 @@ def scan_dataset(
     root, class_folders = find_root(folder)
     candidates: list[tuple[Path, str]] = []
     ignored: list[str] = []
-    for label in CLASS_NAMES:
+    for label in classes.CLASS_NAMES:
         for path in _walk_files(class_folders[label]):
             if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
                 candidates.append((path, label))
@@ -197,7 +197,7 @@ def scan_dataset(
     for path in _walk_files(root, recursive=False):
         ignored.append(str(path))
 
-    cache_file = Path(cache) / f"scan-v{_CACHE_VERSION}-{short_hash(str(root))}.csv" if cache else None
+    cache_file = Path(cache) / f"scan-v{_CACHE_VERSION}-{fileio.short_hash(str(root))}.csv" if cache else None
     known = _read_cache(cache_file) if cache_file else {}
     entries: list[_CacheEntry] = []
     rows: list[dict[str, object]] = []
@@ -226,7 +226,7 @@ def scan_dataset(
     )
     empty = [name for name, count in scan.per_class.items() if count == 0]
     if empty:
-        raise DatasetError(
+        raise errors.DatasetError(
             f"No usable images for class {', '.join(empty)} in {root}; each class folder "
             f"needs at least one readable image ({', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
@@ -289,7 +289,7 @@ def _write_cache(file: Path, entries: list[_CacheEntry]) -> None:
         columns=["path", "size", "mtime_ns", *_CACHED_COLUMNS, "reason"],
     )
     try:
-        with atomic_path(file) as temporary:
+        with fileio.atomic_path(file) as temporary:
             frame.to_csv(temporary, index=False)
     except OSError:
         pass
@@ -313,10 +313,10 @@ def inspect_image(path: Path) -> tuple[dict[str, object] | None, str | None]:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             mode, image_format = image.mode, image.format
-            if width < MIN_SIDE or height < MIN_SIDE:
-                return None, f"too small ({width}x{height} pixels; at least {MIN_SIDE}x{MIN_SIDE})"
-            if width * height > MAX_PIXELS:
-                return None, f"too large ({width}x{height} pixels; at most {MAX_PIXELS:,} pixels)"
+            if width < scan_module.MIN_SIDE or height < scan_module.MIN_SIDE:
+                return None, f"too small ({width}x{height} pixels; at least {scan_module.MIN_SIDE}x{scan_module.MIN_SIDE})"
+            if width * height > scan_module.MAX_PIXELS:
+                return None, f"too large ({width}x{height} pixels; at most {scan_module.MAX_PIXELS:,} pixels)"
             if decodable_by_tensorflow(image_format, mode):
                 image.draft("L", _DRAFT_SIZE)
                 image.load()
@@ -324,14 +324,14 @@ def inspect_image(path: Path) -> tuple[dict[str, object] | None, str | None]:
             else:
                 # Training reads such files (TIFF, 16-bit, CMYK) through the scan reader, so the
                 # scan reader decides here whether they are usable and gives their pixels.
-                gray = Image.fromarray(read_scan(data, name=path.name).to_uint8()).convert("L")
+                gray = Image.fromarray(scan_module.read_scan(data, name=path.name).to_uint8()).convert("L")
             phash = imagehash.phash(gray, hash_size=HASH_SIZE)
-    except ScanReadError as error:
+    except errors.ScanReadError as error:
         return None, str(error)
     except (Image.UnidentifiedImageError, Image.DecompressionBombError):
         return None, f"not an image Pillow can read ({_describe_content(data)})"
     except Image.DecompressionBombWarning:
-        return None, f"too large (more than {MAX_PIXELS:,} pixels)"
+        return None, f"too large (more than {scan_module.MAX_PIXELS:,} pixels)"
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         return None, f"corrupt or truncated image ({error})"
     return {
@@ -371,22 +371,22 @@ _CONTENT_NAMES = {
 
 def _describe_content(data: bytes) -> str:
     """Say what a file that is not an image seems to be, from its first bytes."""
-    return _CONTENT_NAMES.get(sniff_content(data) or "", "unknown format")
+    return _CONTENT_NAMES.get(scan_module.sniff_content(data) or "", "unknown format")
 
 
 def _class_folders(folder: Path) -> dict[str, Path]:
     """Map each class to its sub-folder of ``folder``, matched case-insensitively."""
-    classes: dict[str, Path] = {}
+    folders: dict[str, Path] = {}
     for child in _subfolders(folder):
-        label = match_class(child.name)
+        label = classes.match_class(child.name)
         if label is not None:
-            if label in classes:
-                raise DatasetError(
-                    f"{folder} has two folders for class {label} ({classes[label].name} and "
+            if label in folders:
+                raise errors.DatasetError(
+                    f"{folder} has two folders for class {label} ({folders[label].name} and "
                     f"{child.name}); keep one."
                 )
-            classes[label] = child
-    return classes
+            folders[label] = child
+    return folders
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 
 from kidney_lab import errors
-from kidney_lab.data.discover import find_root
-from kidney_lab.errors import DatasetError, FetchError
+from kidney_lab.data import discover
 
 KAGGLE_HANDLE = "nazmul0087/ct-kidney-dataset-normal-cyst-tumor-and-stone"
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_HANDLE}"
@@ -38,15 +37,15 @@ def fetch_dataset(out: str | os.PathLike[str]) -> Path:
     try:
         kagglehub = importlib.import_module("kagglehub")
     except ImportError:
-        raise FetchError(f"kagglehub is not installed (pip install kagglehub); or {manual}.") from None
+        raise errors.FetchError(f"kagglehub is not installed (pip install kagglehub); or {manual}.") from None
     try:
         downloaded = Path(kagglehub.dataset_download(KAGGLE_HANDLE))
     except Exception as error:  # kagglehub raises many kinds (HTTP, auth, OS); all mean the same here.
-        raise FetchError(f"Could not download {KAGGLE_HANDLE} ({errors.first_line(error, 200)}); {manual}.") from None
+        raise errors.FetchError(f"Could not download {KAGGLE_HANDLE} ({errors.first_line(error, 200)}); {manual}.") from None
     try:
-        root, _ = find_root(downloaded)
-    except DatasetError as error:
-        raise FetchError(f"The download in {downloaded} is not the expected dataset: {error}") from None
+        root, _ = discover.find_root(downloaded)
+    except errors.DatasetError as error:
+        raise errors.FetchError(f"The download in {downloaded} is not the expected dataset: {error}") from None
     destination = target / root.name
     if destination.exists():
         return destination

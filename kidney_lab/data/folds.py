@@ -32,10 +32,10 @@ import pandas as pd
 import sklearn.model_selection
 
 from kidney_lab.data import split as split_module
-from kidney_lab.data.audit import AuditReport
-from kidney_lab.data.classes import CLASS_NAMES
-from kidney_lab.errors import SplitError
-from kidney_lab.fileio import atomic_write_json, read_json, short_hash
+from kidney_lab.data import audit as audit_module
+from kidney_lab.data import classes
+from kidney_lab import errors
+from kidney_lab import fileio
 
 DEFAULT_FOLDS = 5
 PLAN_FILE = "plan.json"
@@ -74,7 +74,7 @@ class FoldPlan:
             SplitError: No such fold.
         """
         if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < self.folds:
-            raise SplitError(f"Fold {fold!r} does not exist; cross-validation {self.cv_id} has folds 0 to {self.folds - 1}.")
+            raise errors.SplitError(f"Fold {fold!r} does not exist; cross-validation {self.cv_id} has folds 0 to {self.folds - 1}.")
         return self.splits[int(fold)]
 
     @property
@@ -123,18 +123,18 @@ class FoldPlan:
     def format_report(self) -> str:
         """A readable plain-text summary: test images and clusters per class of every fold."""
         lines = [f"Cross-validation {self.cv_id}  ({self.folds} folds, seed {self.seed})",
-                 "Test fold  " + "".join(f"{name:>14}" for name in CLASS_NAMES) + "   images (clusters)"]
+                 "Test fold  " + "".join(f"{name:>14}" for name in classes.CLASS_NAMES) + "   images (clusters)"]
         for index, data_split in enumerate(self.splits):
             images = data_split.counts_per_class["test"]
             clusters = data_split.clusters_per_class["test"]
-            lines.append(f"  {index:<8} " + "".join(f"{f'{images[name]} ({clusters[name]})':>14}" for name in CLASS_NAMES))
+            lines.append(f"  {index:<8} " + "".join(f"{f'{images[name]} ({clusters[name]})':>14}" for name in classes.CLASS_NAMES))
         lines.extend(f"Warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
 def cv_id_for(fingerprint: str, folds: int, seed: int, val_fraction: float, threshold: int) -> str:
     """The id of a fold plan: ``cv<K>-`` and a short hash of everything that determines it."""
-    return f"cv{folds}-" + short_hash(
+    return f"cv{folds}-" + fileio.short_hash(
         _PLAN_VERSION, fingerprint, str(folds), str(seed), f"{val_fraction:.6f}", str(threshold), length=10
     )
 
@@ -151,12 +151,12 @@ def check_folds(folds: int) -> int:
         SplitError: Not a whole number of at least 2.
     """
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise SplitError(f"Cross-validation needs a whole number of at least 2 folds; got {folds!r}.")
+        raise errors.SplitError(f"Cross-validation needs a whole number of at least 2 folds; got {folds!r}.")
     return int(folds)
 
 
 def plan_folds(
-    audit: AuditReport, folds: int = DEFAULT_FOLDS, *, seed: int = 0, val_fraction: float = 0.15
+    audit: audit_module.AuditReport, folds: int = DEFAULT_FOLDS, *, seed: int = 0, val_fraction: float = 0.15
 ) -> FoldPlan:
     """Assign every image of an audited dataset to one test fold, and each fold a validation set.
 
@@ -175,7 +175,7 @@ def plan_folds(
     folds = check_folds(folds)
     val_share = val_fraction / (1 - 1 / folds) if 0 < val_fraction < 1 else -1.0
     if not 0 < val_share < 0.9:
-        raise SplitError(
+        raise errors.SplitError(
             f"The validation fraction must be above 0 and leave at least 10% of each fold's training "
             f"images for training; {val_fraction} does not with {folds} folds."
         )
@@ -185,7 +185,7 @@ def plan_folds(
     clusters_per_class = pd.Series(groups).groupby(labels).nunique()
     weakest = str(clusters_per_class.idxmin())
     if int(clusters_per_class.min()) < folds:
-        raise SplitError(
+        raise errors.SplitError(
             f"Class {weakest} has only {int(clusters_per_class.min())} near-duplicate clusters, fewer than "
             f"{folds} folds: some test fold would hold none of its series. Use at most "
             f"{int(clusters_per_class.min())} folds, or add images of other series."
@@ -195,9 +195,9 @@ def plan_folds(
     cv_id = cv_id_for(fingerprint, folds, seed, val_fraction, audit.threshold)
     splits = []
     for fold, (training, test) in enumerate(splitter.split(np.zeros(len(table)), labels, groups)):
-        missing = sorted(set(CLASS_NAMES) & set(labels) - set(labels[test]))
+        missing = sorted(set(classes.CLASS_NAMES) & set(labels) - set(labels[test]))
         if missing:
-            raise SplitError(
+            raise errors.SplitError(
                 f"Fold {fold} of {folds} holds no test cluster of {', '.join(missing)}: the clusters are too "
                 "unequal in size for this many folds. Use fewer folds."
             )
@@ -206,9 +206,9 @@ def plan_folds(
             subset[training] = split_module.assign_clusters(
                 labels[training], groups[training], (("val", val_share, split_module.MIN_VAL_CLUSTERS),), seed
             )
-        except SplitError:
+        except errors.SplitError:
             left = pd.Series(groups[training]).groupby(labels[training]).nunique()
-            raise SplitError(
+            raise errors.SplitError(
                 f"Fold {fold} leaves {str(left.idxmin())} only {int(left.min())} cluster(s) for training and "
                 "validation, which need one each. Use fewer folds, or add images of other series."
             ) from None
@@ -239,7 +239,7 @@ def save_plan(plan: FoldPlan, workspace: str | os.PathLike[str]) -> Path:
     for data_split in plan.splits:
         split_module.save_split(data_split, workspace)
     plan_path = Path(workspace) / "splits" / plan.cv_id / PLAN_FILE
-    atomic_write_json(plan_path, plan.to_dict(plan_path.resolve()))
+    fileio.atomic_write_json(plan_path, plan.to_dict(plan_path.resolve()))
     return plan_path
 
 
@@ -250,21 +250,21 @@ def load_plan(workspace: str | os.PathLike[str], cv_id: str, root: str | os.Path
         SplitError: No such plan, or it or one of its fold splits is unreadable or inconsistent.
     """
     if not cv_id or Path(cv_id).name != cv_id or cv_id.startswith("."):
-        raise SplitError(f"{cv_id!r} is not a cross-validation id.")
+        raise errors.SplitError(f"{cv_id!r} is not a cross-validation id.")
     folder = Path(workspace) / "splits" / cv_id
     try:
-        meta = read_json(folder / PLAN_FILE)
+        meta = fileio.read_json(folder / PLAN_FILE)
         folds = check_folds(int(meta["folds"]))
         splits = tuple(split_module.load_split(workspace, fold_split_id(cv_id, fold), root=root) for fold in range(folds))
     except FileNotFoundError:
-        raise SplitError(f"No cross-validation {cv_id} in {Path(workspace) / 'splits'}.") from None
+        raise errors.SplitError(f"No cross-validation {cv_id} in {Path(workspace) / 'splits'}.") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise SplitError(
+        raise errors.SplitError(
             f"Cross-validation {cv_id} cannot be read ({error}); delete {folder} and its fold folders and plan again."
         ) from None
     held = pd.concat([data_split.subset("test")["path"] for data_split in splits])
     if held.duplicated().any() or set(held) != set(splits[0].manifest["path"]):
-        raise SplitError(f"The folds of cross-validation {cv_id} do not hold every image once; delete {folder} and plan again.")
+        raise errors.SplitError(f"The folds of cross-validation {cv_id} do not hold every image once; delete {folder} and plan again.")
     return FoldPlan(
         cv_id=cv_id, folds=folds, seed=int(meta["seed"]), val_fraction=float(meta["val_fraction"]),
         fingerprint=str(meta["fingerprint"]), root=splits[0].root, threshold=int(meta["near_duplicate_threshold"]),
@@ -273,7 +273,7 @@ def load_plan(workspace: str | os.PathLike[str], cv_id: str, root: str | os.Path
 
 
 def get_or_make_plan(
-    audit: AuditReport,
+    audit: audit_module.AuditReport,
     workspace: str | os.PathLike[str],
     folds: int = DEFAULT_FOLDS,
     *,
@@ -291,7 +291,7 @@ def get_or_make_plan(
     if plan_path.exists():
         try:
             return load_plan(workspace, cv_id, root=audit.scan.root), plan_path
-        except SplitError:
+        except errors.SplitError:
             pass  # A damaged stored plan is made again below and replaces the old files.
     plan = plan_folds(audit, folds, seed=seed, val_fraction=val_fraction)
     return plan, save_plan(plan, workspace)

@@ -33,9 +33,9 @@ import pandas as pd
 import tensorflow as tf
 from PIL import Image
 
-from kidney_lab.data.classes import CLASS_NAMES
-from kidney_lab.data.discover import decodable_by_tensorflow
-from kidney_lab.data.scan import read_scan
+from kidney_lab.data import classes
+from kidney_lab.data import discover
+from kidney_lab.data import scan as scan_module
 
 # Parallel decoding and augmentation calls, and batches made ahead of the consumer.
 _PARALLEL_CALLS = max(2, os.cpu_count() or 1)
@@ -172,12 +172,12 @@ def make_dataset(
         raise ValueError("No images to build a dataset from.")
     if image_size < 8:
         raise ValueError(f"Image size must be at least 8 pixels, got {image_size}.")
-    unknown = sorted(set(frame["label"]) - set(CLASS_NAMES))
+    unknown = sorted(set(frame["label"]) - set(classes.CLASS_NAMES))
     if unknown:
-        raise ValueError(f"Unknown labels {unknown}; the classes are {', '.join(CLASS_NAMES)}.")
+        raise ValueError(f"Unknown labels {unknown}; the classes are {', '.join(classes.CLASS_NAMES)}.")
 
     paths = frame["path"].astype(str).tolist()
-    labels = np.array([CLASS_NAMES.index(label) for label in frame["label"]], dtype=np.int32)
+    labels = np.array([classes.CLASS_NAMES.index(label) for label in frame["label"]], dtype=np.int32)
     native = np.array(_decodable_by_tensorflow(frame), dtype=bool)
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels, native))
@@ -211,7 +211,7 @@ def make_dataset(
     def finish(images: tf.Tensor, label_ids: tf.Tensor, batch_paths: tf.Tensor):
         # Tiling before the cast moves a quarter of the bytes; this is the per-batch hot spot.
         images = tf.cast(tf.tile(images, [1, 1, 1, 3]), tf.float32)
-        one_hot = tf.one_hot(label_ids, len(CLASS_NAMES), dtype=tf.float32)
+        one_hot = tf.one_hot(label_ids, len(classes.CLASS_NAMES), dtype=tf.float32)
         return (images, one_hot, batch_paths) if with_paths else (images, one_hot)
 
     dataset = dataset.map(finish, num_parallel_calls=_PARALLEL_CALLS)
@@ -296,7 +296,7 @@ def _load(path: tf.Tensor, is_native: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def _read_with_pillow(path: bytes) -> np.ndarray:
     """Read a file TensorFlow cannot decode through the scan reader, as uint8 grayscale."""
-    return _luma_uint8(read_scan(os.fsdecode(path)).image * 255.0)
+    return _luma_uint8(scan_module.read_scan(os.fsdecode(path)).image * 255.0)
 
 
 def _decodable_by_tensorflow(frame: pd.DataFrame) -> list[bool]:
@@ -305,7 +305,7 @@ def _decodable_by_tensorflow(frame: pd.DataFrame) -> list[bool]:
         pairs = zip(frame["format"], frame["mode"])
     else:
         pairs = (_format_and_mode(Path(path)) for path in frame["path"])
-    return [decodable_by_tensorflow(image_format, mode) for image_format, mode in pairs]
+    return [discover.decodable_by_tensorflow(image_format, mode) for image_format, mode in pairs]
 
 
 def _format_and_mode(path: Path) -> tuple[str | None, str | None]:

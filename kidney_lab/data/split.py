@@ -43,10 +43,10 @@ import numpy as np
 import pandas as pd
 import sklearn.model_selection
 
-from kidney_lab.data.audit import AuditReport
-from kidney_lab.data.classes import CLASS_NAMES
-from kidney_lab.errors import SplitError
-from kidney_lab.fileio import atomic_path, atomic_write_json, read_json, short_hash
+from kidney_lab.data import audit as audit_module
+from kidney_lab.data import classes
+from kidney_lab import errors
+from kidney_lab import fileio
 
 STRATEGIES = ("random", "grouped")
 SUBSETS = ("train", "val", "test")
@@ -123,7 +123,7 @@ class Split:
         table = pd.crosstab(self.manifest["subset"], self.manifest["label"])
         return {
             subset: {label: int(table.at[subset, label]) if subset in table.index and label in table.columns else 0
-                     for label in CLASS_NAMES}
+                     for label in classes.CLASS_NAMES}
             for subset in SUBSETS
         }
 
@@ -185,16 +185,16 @@ class Split:
         per_class = self.counts_per_class
         clusters = self.clusters_per_class
         lines = [f"Split {self.split_id}  ({self.strategy}, seed {self.seed})"]
-        lines.append("Images   " + "".join(f"{name:>8}" for name in CLASS_NAMES) + "   total")
+        lines.append("Images   " + "".join(f"{name:>8}" for name in classes.CLASS_NAMES) + "   total")
         for subset in SUBSETS:
             row = per_class[subset]
             lines.append(
-                f"  {subset:<6} " + "".join(f"{row[name]:>8}" for name in CLASS_NAMES)
+                f"  {subset:<6} " + "".join(f"{row[name]:>8}" for name in classes.CLASS_NAMES)
                 + f"{self.counts[subset]:>8}"
             )
-        lines.append("Clusters " + "".join(f"{name:>8}" for name in CLASS_NAMES) + "   (distinct near-duplicate clusters)")
+        lines.append("Clusters " + "".join(f"{name:>8}" for name in classes.CLASS_NAMES) + "   (distinct near-duplicate clusters)")
         for subset in SUBSETS:
-            lines.append(f"  {subset:<6} " + "".join(f"{clusters[subset][name]:>8}" for name in CLASS_NAMES))
+            lines.append(f"  {subset:<6} " + "".join(f"{clusters[subset][name]:>8}" for name in classes.CLASS_NAMES))
         lines.extend(f"Warning: {warning}" for warning in self.warnings)
         leak = self.leakage("test")
         lines.append(
@@ -213,14 +213,14 @@ def split_id_for(
     fingerprint: str, strategy: str, val_fraction: float, test_fraction: float, seed: int, threshold: int
 ) -> str:
     """The id of a split: a short hash of everything that determines it."""
-    return f"{strategy}-" + short_hash(
+    return f"{strategy}-" + fileio.short_hash(
         _SPLITTER_VERSION, fingerprint, strategy, f"{val_fraction:.6f}", f"{test_fraction:.6f}",
         str(seed), str(threshold), length=10,
     )
 
 
 def make_split(
-    audit: AuditReport,
+    audit: audit_module.AuditReport,
     strategy: str = "grouped",
     *,
     seed: int = 0,
@@ -242,7 +242,7 @@ def make_split(
     unit = "near-duplicate clusters" if strategy == "grouped" else "images"
     if smallest < len(SUBSETS):
         weakest = str(units_per_class.idxmin())
-        raise SplitError(
+        raise errors.SplitError(
             f"Class {weakest} has only {smallest} {unit}; a {strategy} split needs at least "
             f"{len(SUBSETS)} per class (one each for train, validation and test)."
         )
@@ -289,12 +289,12 @@ def save_split(split: Split, workspace: str | os.PathLike[str]) -> Path:
     stored = split.manifest.assign(
         path=[Path(path).relative_to(split.root).as_posix() for path in split.manifest["path"]]
     )
-    with atomic_path(manifest_path) as temporary:
+    with fileio.atomic_path(manifest_path) as temporary:
         stored.to_csv(temporary, index=False)
     meta = split.to_dict(manifest_path.resolve())
     meta["val_fraction"] = split.val_fraction
     meta["test_fraction"] = split.test_fraction
-    atomic_write_json(folder / "split.json", meta)
+    fileio.atomic_write_json(folder / "split.json", meta)
     return manifest_path
 
 
@@ -305,22 +305,22 @@ def load_split(workspace: str | os.PathLike[str], split_id: str, root: str | os.
         SplitError: No such split, or its files are unreadable or inconsistent.
     """
     if not split_id or Path(split_id).name != split_id or split_id.startswith("."):
-        raise SplitError(f"{split_id!r} is not a split id.")
+        raise errors.SplitError(f"{split_id!r} is not a split id.")
     folder = Path(workspace) / "splits" / split_id
     try:
-        meta = read_json(folder / "split.json")
+        meta = fileio.read_json(folder / "split.json")
         stored = pd.read_csv(
             folder / "manifest.csv",
             dtype={"path": str, "label": str, "subset": str, "md5": str, "format": str, "mode": str},
             keep_default_na=False,
         )
     except FileNotFoundError:
-        raise SplitError(f"No split {split_id} in {Path(workspace) / 'splits'}.") from None
+        raise errors.SplitError(f"No split {split_id} in {Path(workspace) / 'splits'}.") from None
     except (OSError, ValueError) as error:
-        raise SplitError(f"Split {split_id} cannot be read ({error}); delete {folder} and split again.") from None
+        raise errors.SplitError(f"Split {split_id} cannot be read ({error}); delete {folder} and split again.") from None
     expected = set(_MANIFEST_COLUMNS[:5])
     if not expected <= set(stored.columns) or not set(stored["subset"]) <= set(SUBSETS):
-        raise SplitError(f"The manifest of split {split_id} is damaged; delete {folder} and split again.")
+        raise errors.SplitError(f"The manifest of split {split_id} is damaged; delete {folder} and split again.")
     base = Path(root) if root is not None else Path(meta["root"])
     manifest = stored.assign(path=[str(base / path) for path in stored["path"]])
     return Split(
@@ -338,7 +338,7 @@ def load_split(workspace: str | os.PathLike[str], split_id: str, root: str | os.
 
 
 def get_or_make_split(
-    audit: AuditReport,
+    audit: audit_module.AuditReport,
     workspace: str | os.PathLike[str],
     strategy: str = "grouped",
     *,
@@ -353,7 +353,7 @@ def get_or_make_split(
     if manifest_path.exists():
         try:
             return load_split(workspace, split_id, root=audit.scan.root), manifest_path
-        except SplitError:
+        except errors.SplitError:
             pass  # A damaged stored split is made again below and replaces the old files.
     split = make_split(audit, strategy, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     return split, save_split(split, workspace)
@@ -361,12 +361,12 @@ def get_or_make_split(
 
 def _check_arguments(strategy: str, val_fraction: float, test_fraction: float) -> None:
     if strategy not in STRATEGIES:
-        raise SplitError(f"Unknown split strategy {strategy!r}; use one of {', '.join(STRATEGIES)}.")
+        raise errors.SplitError(f"Unknown split strategy {strategy!r}; use one of {', '.join(STRATEGIES)}.")
     for name, value in (("validation", val_fraction), ("test", test_fraction)):
         if not 0 < value < 1:
-            raise SplitError(f"The {name} fraction must be between 0 and 1, got {value}.")
+            raise errors.SplitError(f"The {name} fraction must be between 0 and 1, got {value}.")
     if val_fraction + test_fraction >= 0.9:
-        raise SplitError(
+        raise errors.SplitError(
             f"Validation ({val_fraction}) and test ({test_fraction}) fractions leave less than 10% "
             "for training; lower them."
         )
@@ -383,7 +383,7 @@ def _random_subsets(labels: np.ndarray, val_fraction: float, test_fraction: floa
             rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest], random_state=seed
         )
     except ValueError as error:
-        raise SplitError(
+        raise errors.SplitError(
             f"The dataset is too small for these fractions ({error}); add images or raise the "
             "validation and test fractions."
         ) from None
@@ -428,14 +428,14 @@ def assign_clusters(
     subset = np.full(len(labels), "train", dtype=object)
     names = [name for name, _, _ in held_out]
     fractions = np.array([fraction for _, fraction, _ in held_out])
-    for class_index, label in enumerate(CLASS_NAMES):
+    for class_index, label in enumerate(classes.CLASS_NAMES):
         rows = np.flatnonzero(class_of_row == label)
         if len(rows) == 0:
             continue
         clusters = int(majority.eq(label).sum())
         counts = held_out_cluster_counts(clusters, held_out)
         states = np.random.default_rng([seed, class_index]).integers(0, 2**31 - 1, size=(_GROUPED_TRIALS, len(names)))
-        draws, errors = [], []
+        draws, misses = [], []
         for trial_states in states:
             chosen = np.full(len(rows), "train", dtype=object)
             remaining = np.arange(len(rows))
@@ -446,8 +446,8 @@ def assign_clusters(
                 remaining = remaining[kept]
             reached = np.array([(chosen == name).mean() for name in names])
             draws.append(chosen)
-            errors.append(float(np.abs(reached - fractions).sum()))
-        good_enough = np.flatnonzero(np.asarray(errors) <= min(errors) + _FRACTION_SLACK)
+            misses.append(float(np.abs(reached - fractions).sum()))
+        good_enough = np.flatnonzero(np.asarray(misses) <= min(misses) + _FRACTION_SLACK)
         subset[rows] = draws[int(good_enough[0])]
     return subset
 
@@ -459,7 +459,7 @@ def held_out_cluster_counts(clusters: int, held_out: Sequence[tuple[str, float, 
         SplitError: Fewer clusters than one per subset, training included.
     """
     if clusters < len(held_out) + 1:
-        raise SplitError(
+        raise errors.SplitError(
             f"A class with {clusters} near-duplicate clusters cannot be split into {len(held_out) + 1} "
             "subsets of whole clusters; add images of other series."
         )
@@ -483,7 +483,7 @@ def cluster_warnings(manifest: pd.DataFrame, subset: str = "test") -> list[str]:
     present = clusters_per_class(manifest)[subset]
     totals = manifest.groupby("label")["cluster"].nunique()
     sentences = []
-    for label in CLASS_NAMES:
+    for label in classes.CLASS_NAMES:
         count, total = present[label], int(totals.get(label, 0))
         if count >= FEW_CLUSTERS or total == 0:
             continue
@@ -505,7 +505,7 @@ def clusters_per_class(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
     series a class's score on the subset rests on.
     """
     table = manifest.groupby(["subset", "label"])["cluster"].nunique()
-    return {subset: {label: int(table.get((subset, label), 0)) for label in CLASS_NAMES} for subset in SUBSETS}
+    return {subset: {label: int(table.get((subset, label), 0)) for label in classes.CLASS_NAMES} for subset in SUBSETS}
 
 
 def _fold_fields(cv: Any) -> dict[str, Any]:

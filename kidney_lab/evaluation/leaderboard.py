@@ -82,6 +82,7 @@ def leaderboard(
     fingerprint: str | None = None,
     include_external: bool = True,
     include_unevaluated: bool = False,
+    include_folds: bool = False,
 ) -> pd.DataFrame:
     """The leaderboard of the runs in ``workspace``.
 
@@ -95,6 +96,8 @@ def leaderboard(
         include_unevaluated: also one row (without scores) for each run that has no stored
             evaluation (running, failed, cancelled before evaluation) and for each
             cross-validation whose folds are not all done.
+        include_folds: also the rows of each cross-validation fold's own run (by default a
+            cross-validation shows as its pooled ``cv`` row only).
 
     Returns:
         A DataFrame with the columns of :data:`COLUMNS`: one row per (run, evaluation) and per
@@ -121,6 +124,8 @@ def leaderboard(
     for record in runs.list_runs(base, study_id=study_id):
         if record.state == runs.BROKEN:
             skipped.append(_skip(record.path, record.problem or "the run folder cannot be read"))
+            continue
+        if record.info.fold is not None and not include_folds:
             continue
         evaluations = [
             item for item in store.list_evaluations(record.path)

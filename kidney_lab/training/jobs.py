@@ -41,9 +41,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kidney_lab import fileio
 from kidney_lab import runs
-from kidney_lab.errors import ConfigError, KidneyLabError
-from kidney_lab.fileio import atomic_write_json, read_json
-from kidney_lab.workspace import default_workspace, inside, prepare_workspace
+from kidney_lab import errors
+from kidney_lab import workspace as workspace_module
 
 JOBS_FOLDER = "jobs"
 JOB_FILE = "job.json"
@@ -83,7 +82,7 @@ _children: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 _children_lock = threading.Lock()
 
 
-class JobError(KidneyLabError):
+class JobError(errors.KidneyLabError):
     """A job cannot be started, found or stopped."""
 
 
@@ -91,7 +90,7 @@ class LockTimeout(JobError):
     """The training lock stayed taken for longer than the caller would wait."""
 
 
-class Cancelled(KidneyLabError):
+class Cancelled(errors.KidneyLabError):
     """Training was asked to stop (SIGTERM, SIGINT or a cancel request)."""
 
 
@@ -161,14 +160,14 @@ class JobRecord:
         """What the job's command reported with ``--json`` (kinds in :data:`RESULT_KINDS`), or
         ``None`` while it runs, when it failed, or for a kind that reports none."""
         try:
-            payload = read_json(self.path / JOB_RESULT_FILE)
+            payload = fileio.read_json(self.path / JOB_RESULT_FILE)
         except (OSError, ValueError):
             return None
         return payload if isinstance(payload, dict) else None
 
 
 def _workspace(workspace: str | os.PathLike[str] | None) -> Path:
-    return Path(workspace).expanduser().resolve() if workspace is not None else default_workspace()
+    return Path(workspace).expanduser().resolve() if workspace is not None else workspace_module.default_workspace()
 
 
 def new_job_id(when: datetime.datetime | None = None) -> str:
@@ -187,18 +186,18 @@ def job_path(job_id: str, workspace: str | os.PathLike[str] | None = None) -> Pa
     """
     if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
         raise JobError(f"{job_id!r} is not a job id; job ids look like job-20261126-101512-3f9a1c.")
-    return inside(_workspace(workspace), JOBS_FOLDER, job_id)
+    return workspace_module.inside(_workspace(workspace), JOBS_FOLDER, job_id)
 
 
 def _update_job_file(folder: Path, **fields: Any) -> None:
     """Merge ``fields`` into ``job.json`` atomically; a missing or damaged file is left alone."""
     try:
-        info = read_json(folder / JOB_FILE)
+        info = fileio.read_json(folder / JOB_FILE)
     except (OSError, ValueError):
         return
     if isinstance(info, dict):
         info.update(fields)
-        atomic_write_json(folder / JOB_FILE, info)
+        fileio.atomic_write_json(folder / JOB_FILE, info)
 
 
 def _final_state(info: dict[str, Any], returncode: int | None) -> str:
@@ -218,7 +217,7 @@ def _reap() -> None:
                 continue
             del _children[job_id]
             try:
-                info = read_json(folder / JOB_FILE)
+                info = fileio.read_json(folder / JOB_FILE)
             except (OSError, ValueError):
                 continue
             if isinstance(info, dict) and info.get("returncode") is None:
@@ -279,25 +278,25 @@ def start_job(
         JobError: The process could not be started.
     """
     if not isinstance(train_args, (list, tuple)) or not all(isinstance(item, str) for item in train_args):
-        raise ConfigError("Training arguments must be a list of strings, such as ['--models', 'resnet50'].")
+        raise errors.ConfigError("Training arguments must be a list of strings, such as ['--models', 'resnet50'].")
     for item in train_args:
         if item.split("=", 1)[0] in _RESERVED_ARGUMENTS:
-            raise ConfigError(f"Do not pass {item.split('=', 1)[0]} to a job; start_job sets it.")
+            raise errors.ConfigError(f"Do not pass {item.split('=', 1)[0]} to a job; start_job sets it.")
     if kind not in JOB_KINDS:
-        raise ConfigError(f"Unknown job kind {kind!r}; use one of {', '.join(JOB_KINDS)}.")
+        raise errors.ConfigError(f"Unknown job kind {kind!r}; use one of {', '.join(JOB_KINDS)}.")
     trains = kind in TRAINING_KINDS
     if study_id is not None and not trains:
-        raise ConfigError(f"A {kind} job trains no study; give a study id to training jobs only.")
+        raise errors.ConfigError(f"A {kind} job trains no study; give a study id to training jobs only.")
     if study_id is not None and not runs.STUDY_ID_PATTERN.fullmatch(study_id):
-        raise ConfigError(f"{study_id!r} is not a study id (like study-20260101-120000-ab12).")
+        raise errors.ConfigError(f"{study_id!r} is not a study id (like study-20260101-120000-ab12).")
     clashes = sorted(_RESERVED_FIELDS.intersection(details or {}))
     if clashes:
-        raise ConfigError(f"Job details may not set {', '.join(clashes)}; start_job writes them.")
-    base = prepare_workspace(workspace)
+        raise errors.ConfigError(f"Job details may not set {', '.join(clashes)}; start_job writes them.")
+    base = workspace_module.prepare_workspace(workspace)
     _reap()
     study_id = (study_id or runs.new_study_id()) if trains else None
     job_id = new_job_id()
-    folder = inside(base, JOBS_FOLDER, job_id)
+    folder = workspace_module.inside(base, JOBS_FOLDER, job_id)
     folder.mkdir(parents=True)
     added = ["--study-id", study_id] if study_id is not None else []
     added += ["--workspace", str(base)]
@@ -318,12 +317,12 @@ def start_job(
                 start_new_session=True, close_fds=True, env=environment,
             )
     except OSError as error:
-        atomic_write_json(folder / JOB_FILE, {**info, "pid": None, "state": FAILED, "error": str(error)})
+        fileio.atomic_write_json(folder / JOB_FILE, {**info, "pid": None, "state": FAILED, "error": str(error)})
         raise JobError(
             f"Could not start the {kind} process {argv[0]!r}: {error.strerror or error}."
         ) from None
     info.update(pid=process.pid, pid_start=runs.process_start_time(process.pid), state=RUNNING)
-    atomic_write_json(folder / JOB_FILE, info)
+    fileio.atomic_write_json(folder / JOB_FILE, info)
     with _children_lock:
         _children[job_id] = (process, folder)
     return _read_job_folder(folder)
@@ -356,10 +355,10 @@ def start_evaluate_job(
     folder = runs.resolve_run(run, workspace)
     text = os.fspath(data).strip()
     if not text:
-        raise ConfigError("Type the path of a folder to evaluate first.")
+        raise errors.ConfigError("Type the path of a folder to evaluate first.")
     target = Path(text).expanduser()
     if not target.is_dir():
-        raise ConfigError(f"The folder {target} does not exist (or is not a folder); type the path of a "
+        raise errors.ConfigError(f"The folder {target} does not exist (or is not a folder); type the path of a "
                           "dataset folder on the machine that runs kidney_lab.")
     target = target.resolve()
     return start_job([str(folder), "--data", str(target)], workspace, python, kind="evaluate",
@@ -378,7 +377,7 @@ def _read_job_folder(folder: Path) -> JobRecord:
         JobError: The folder has no readable ``job.json``.
     """
     try:
-        info = read_json(folder / JOB_FILE)
+        info = fileio.read_json(folder / JOB_FILE)
     except (OSError, ValueError) as error:
         raise JobError(f"Job {folder.name} cannot be read ({error}).") from None
     if not isinstance(info, dict):

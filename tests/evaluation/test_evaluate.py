@@ -277,3 +277,26 @@ def test_a_run_written_before_run_json_had_a_version_evaluates_unchanged(run_cop
     table = leaderboard_module.leaderboard(run_copy.parent)
     assert list(table["run_id"]) == [run_copy.name] and not table.attrs["skipped"]
 
+
+
+def test_a_run_written_before_run_json_had_a_version_compares_and_explains_unchanged(
+    run_copy: Path, tmp_path: Path
+) -> None:
+    """The same pre-version run.json: the Compare page's library (its default runs and an
+    explanation of a scan) and the two-run comparison read it as before."""
+    from kidney_lab.explain import compare
+
+    written = fileio.read_json(run_copy / runs.RUN_FILE)
+    old = {key: value for key, value in written.items() if key != "schema_version" and value is not None}
+    fileio.atomic_write_json(run_copy / runs.RUN_FILE, old)
+    (record,) = compare.usable_runs(run_copy.parent)
+    assert record.run_id == run_copy.name and record.info.schema_version == 0
+    assert compare.default_runs([record], registry.MODEL_NAMES)[record.model] == record
+    image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE), dtype=np.uint8)
+    report = compare.explain([run_copy], image, method="gradcam")
+    assert not report.errors and len(report.results) == 1
+    assert sum(report.results[0].probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    second = tmp_path / "workspace" / run_copy.name.replace(run_copy.name[-6:], "abcdef")
+    shutil.copytree(run_copy, second)
+    comparison = stats.compare_runs(run_copy, second)
+    assert comparison["p_value"] == pytest.approx(1.0)
