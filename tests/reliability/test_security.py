@@ -133,8 +133,8 @@ def test_no_unsafe_construct_in_the_library_or_the_app() -> None:
     assert found == []
 
 
-def test_the_registry_loads_models_with_safe_mode_on() -> None:
-    tree = ast.parse((REPOSITORY / "kidney_lab" / "models" / "registry.py").read_text("utf-8"))
+def test_the_model_loader_loads_models_with_safe_mode_on() -> None:
+    tree = ast.parse((REPOSITORY / "kidney_lab" / "models" / "builders.py").read_text("utf-8"))
     loads = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and _dotted(node.func) == "keras.saving.load_model"]
     assert len(loads) == 1 and _is_true(_keyword(loads[0], "safe_mode"))
 

@@ -114,7 +114,7 @@ def test_a_demo_option_without_a_demo_field_is_refused_when_the_module_loads():
 def test_the_page_options_are_those_with_a_label_in_field_order():
     names = [name for name, _ in config.page_options()]
     assert names == ["models", "epochs", "image_size", "split", "weights", "batch_size", "learning_rate",
-                     "augmentation"]
+                     "augmentation", "cv"]
 
 
 def test_an_option_is_one_field():
@@ -122,18 +122,18 @@ def test_an_option_is_one_field():
 
     @dataclasses.dataclass(frozen=True)
     class Extended(config.TrainConfig):
-        folds: int | None = config._option(None, flag="--cv", kind="int", minimum=2, label="Folds",
-                                           help="cross-validation folds")
+        repeats: int | None = config._option(None, flag="--repeats", kind="int", minimum=2, label="Repeats",
+                                             help="repeats of the whole study")
 
     parser = argparse.ArgumentParser()
     config.add_arguments(parser, Extended)
-    assert "cross-validation folds" in parser.format_help()
-    arguments = parser.parse_args(["--data", ".", "--cv", "5"])
-    assert config.from_arguments(Extended, arguments).folds == 5
-    assert config.to_arguments(Extended, {"folds": 5}) == ["--cv", "5"]
-    assert config.page_options(Extended)[-1][0] == "folds"
-    with pytest.raises(errors.ConfigError, match="--cv must be a whole number of at least 2"):
-        Extended(data=Path("."), folds=1)
+    assert "repeats of the whole study" in parser.format_help()
+    arguments = parser.parse_args(["--data", ".", "--repeats", "5"])
+    assert config.from_arguments(Extended, arguments).repeats == 5
+    assert config.to_arguments(Extended, {"repeats": 5}) == ["--repeats", "5"]
+    assert config.page_options(Extended)[-1][0] == "repeats"
+    with pytest.raises(errors.ConfigError, match="--repeats must be a whole number of at least 2"):
+        Extended(data=Path("."), repeats=1)
 
 
 def test_building_the_parser_imports_no_tensorflow():

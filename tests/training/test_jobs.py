@@ -320,6 +320,6 @@ def test_an_evaluate_job_runs_the_evaluate_command_and_reports_its_result(worksp
     from kidney_lab.evaluation import store
 
     stored = {item["source"]: item for item in store.list_evaluations(run)}
-    assert result["evaluated_on"] in stored and result["evaluated_on"] != store.TEST_SOURCE
+    assert result["evaluated_on"] in stored and result["evaluated_on"] != runs.TEST_SOURCE
     assert result["images"] == stored[result["evaluated_on"]]["images"]
     assert result["accuracy"] == store.load_metrics(run, result["evaluated_on"])["accuracy"]
