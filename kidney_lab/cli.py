@@ -129,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(board)
     board.set_defaults(handler=_run_leaderboard)
 
+    pooled = commands.add_parser(
+        "ensemble", help="combine a study's runs into a calibrated ensemble and score it on their test images"
+    )
+    pooled.add_argument("--study", required=True, help="the study id (see `train --json` or the Leaderboard)")
+    pooled.add_argument("--weights", choices=("equal", "fitted"), default="equal",
+                        help="equal (default), or fitted on the runs' validation predictions (never on test images)")
+    _add_workspace(pooled)
+    _add_json(pooled)
+    pooled.set_defaults(handler=_run_ensemble)
+
     card = commands.add_parser("model-card", help="write a run's model card (Markdown) from its stored files")
     card.add_argument("run", metavar="RUN_DIR", help="run folder, or run id in the workspace")
     _add_workspace(card)
@@ -396,6 +406,31 @@ def _clusters_text(per_class: Any) -> str:
     if not isinstance(per_class, dict):
         return "-"
     return "/".join(f"{name} {count}" for name, count in per_class.items())
+
+
+def _run_ensemble(arguments: argparse.Namespace) -> dict[str, Any]:
+    from kidney_lab.evaluation import stats, study_ensemble
+    from kidney_lab.workspace import default_workspace
+
+    result = study_ensemble.build(arguments.workspace or default_workspace(), arguments.study, arguments.weights)
+    recipe, intervals = result["ensemble"], result["intervals"]
+    print(f"{result['display_name']} of study {result['study_id']} on {result['images']} test images "
+          f"({result['split_kind']}), weights {recipe['weights_method']}")
+    for run_id, model, weight, temperature in zip(recipe["members"], recipe["models"], recipe["weights"],
+                                                  recipe["temperatures"]):
+        print(f"  {model:<15} weight {weight:.3f}  temperature {temperature:.3f}  {run_id}")
+    for note in recipe["temperature_notes"]:
+        print(f"  note: {note}")
+    for entry in recipe["excluded"]:
+        print(f"  left out {entry['run_id']}: {entry['reason']}")
+    print(f"  accuracy {result['accuracy']:.3f} [{intervals['accuracy'][0]:.3f}, {intervals['accuracy'][1]:.3f}]"
+          f"  macro F1 {result['macro_f1']:.3f} [{intervals['macro_f1'][0]:.3f}, {intervals['macro_f1'][1]:.3f}]"
+          f"  ({intervals['level']:.0%} bootstrap intervals, {stats.resampling_words(intervals)})")
+    print(f"Ensemble {result['folder']}; compare it with the best single model: "
+          f"python -m kidney_lab leaderboard --study {result['study_id']}")
+    fields = ("study_id", "run_id", "model", "images", "accuracy", "macro_f1", "split_kind", "members",
+              "intervals", "predictions", "metrics", "recipe", "folder", "ensemble")
+    return {field: result[field] for field in fields}
 
 
 def _run_model_card(arguments: argparse.Namespace) -> dict[str, Any]:

@@ -48,6 +48,8 @@ STATUS_FILE = "status.json"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 PREDICTIONS_FILE = "predictions.csv"
+# The kept model's predictions on the run's validation images (what calibration is fitted on).
+VALIDATION_PREDICTIONS_FILE = "val_predictions.csv"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"
 BACKUP_FOLDER = "backup"
@@ -63,6 +65,10 @@ DETECTOR_FILE = "ood_detector.json"
 CV_FILE = "cv.json"
 # Under the workspace: pooled cross-validation results, one folder per study and model.
 CV_FOLDER = "cv"
+# Under the workspace: the calibrated ensemble of each study's runs, one folder per study.
+ENSEMBLES_FOLDER = "ensembles"
+# The recipe of an ensemble (members, temperatures, weights and how they were fitted).
+ENSEMBLE_FILE = "ensemble.json"
 
 # The evaluation of the run's own test split; an external folder's is named by its fingerprint.
 TEST_SOURCE = "test"
@@ -464,6 +470,12 @@ def detector_path(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / DETECTOR_FILE
 
 
+def validation_predictions_path(run_dir: str | os.PathLike[str]) -> Path:
+    """The kept model's predictions on the run's validation images, ``val_predictions.csv`` (the
+    columns of ``predictions.csv``, with ``cluster``)."""
+    return Path(run_dir) / VALIDATION_PREDICTIONS_FILE
+
+
 def cv_path(folder: str | os.PathLike[str]) -> Path:
     """The cross-validation result ``cv.json`` in ``folder`` (the folder of that cross-validation)."""
     return Path(folder) / CV_FILE
@@ -507,6 +519,37 @@ def list_cv_results(workspace: str | os.PathLike[str]) -> list[Path]:
                 if cv_path(entry.path).is_file():
                     found.append(Path(entry.path))
     return found
+
+
+def ensemble_folder(workspace: str | os.PathLike[str], study_id: str) -> Path:
+    """The folder of one study's calibrated ensemble: ``<workspace>/ensembles/<study_id>/``,
+    holding ``ensemble.json`` (:func:`ensemble_path`: members, temperatures, weights),
+    ``predictions.csv`` and ``metrics.json`` (:func:`predictions_path` and :func:`metrics_path`
+    of the folder, computed from that table).
+
+    Raises:
+        RunError: ``study_id`` is not a study id.
+    """
+    if not isinstance(study_id, str) or not STUDY_ID_PATTERN.fullmatch(study_id):
+        raise RunError(f"{study_id!r} is not a study id (they look like study-20261126-101512-7c2e).")
+    return Path(workspace) / ENSEMBLES_FOLDER / study_id
+
+
+def ensemble_path(folder: str | os.PathLike[str]) -> Path:
+    """The recipe ``ensemble.json`` of the ensemble in ``folder`` (see :func:`ensemble_folder`)."""
+    return Path(folder) / ENSEMBLE_FILE
+
+
+def list_ensembles(workspace: str | os.PathLike[str]) -> list[Path]:
+    """Every study ensemble folder (see :func:`ensemble_folder`) that has an ``ensemble.json``,
+    newest study first."""
+    try:
+        entries = sorted(os.scandir(Path(workspace) / ENSEMBLES_FOLDER), key=lambda entry: entry.name, reverse=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [Path(entry.path) for entry in entries
+            if STUDY_ID_PATTERN.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+            and ensemble_path(entry.path).is_file()]
 
 
 def check_source(source: str) -> str:

@@ -9,7 +9,9 @@ alone hides how small a difference may be, ``p_vs_best`` gives the p-value of ea
 the first row of its group, of the test ``p_test`` names (see
 :func:`kidney_lab.evaluation.stats.paired_comparison`): the paired cluster test where both rows
 know their near-duplicate clusters and the split is not random, McNemar's exact test otherwise
-(``mcnemar_p_vs_best`` holds the McNemar p-values only).
+(``mcnemar_p_vs_best`` holds the McNemar p-values only). The "best" row of a group is its best
+single model: a study's ensemble may rank first, but every row, the ensemble's too, is compared
+with the group's best run (``compared_with`` names it).
 
 The intervals follow the same rule (:func:`kidney_lab.evaluation.stats.metrics_with_intervals`):
 ``interval_resampling`` says whether they resample clusters (series) or images, ``clusters`` how
@@ -22,6 +24,11 @@ is a row of split ``"cv"``, with its fold plan's ``cv_id``, its ``folds`` and th
 standard deviation of the folds' macro F1, each fold scored from its own rows of the pooled table.
 Its comparable group also holds the cv id, so it is ranked only against cross-validations of the
 same fold plan on the same images.
+
+Each study's calibrated ensemble (:func:`kidney_lab.runs.list_ensembles`; see
+:mod:`kidney_lab.evaluation.study_ensemble`) is a row of model ``"ensemble"`` with its
+``members`` (run ids), scored from its own ``predictions.csv`` on its members' test images, so
+it falls in the comparable group of its members and is ranked among them.
 
 Every score is recomputed from the stored ``predictions.csv`` (so the table cannot disagree
 with the predictions); facts that only evaluation could measure (parameters, file size,
@@ -47,6 +54,7 @@ from kidney_lab.evaluation import cv as cv_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
+from kidney_lab.evaluation import study_ensemble
 from kidney_lab.models import registry
 
 CV_KIND = cv_module.CV_KIND
@@ -55,8 +63,8 @@ SPLIT_KINDS = ("random", "grouped", store.EXTERNAL_KIND, CV_KIND)
 FAITHFULNESS_METHOD = "gradcam"
 
 COLUMNS = (
-    "comparable_group", "rank", "p_vs_best", "p_test", "mcnemar_p_vs_best", "run_id", "model", "display_name",
-    "study_id", "status", "evaluated_on", "split", "dataset_fingerprint", "images",
+    "comparable_group", "rank", "p_vs_best", "p_test", "mcnemar_p_vs_best", "compared_with", "run_id", "model",
+    "display_name", "study_id", "status", "members", "evaluated_on", "split", "dataset_fingerprint", "images",
     "accuracy", "accuracy_ci_low", "accuracy_ci_high",
     "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high",
     "interval_resampling", "clusters", "clusters_per_class", "few_clusters", "cluster_warning",
@@ -103,9 +111,10 @@ def leaderboard(
         A DataFrame with the columns of :data:`COLUMNS`: one row per (run, evaluation) and per
         pooled cross-validation, sorted by comparable group, then rank. ``rank`` is 1 for the
         best row of its group (ties share a rank) and missing for rows without scores;
-        ``p_vs_best`` is the p-value against the group's first row (missing for that row) of
-        the test ``p_test`` names (``"cluster"`` or ``"mcnemar"``); ``mcnemar_p_vs_best`` is
-        that p-value where the test was McNemar's. ``clusters_per_class`` is a dict (class ->
+        ``p_vs_best`` is the p-value against the group's best single model, the first row that
+        is not an ensemble (``compared_with`` names it; missing for that row), of the test
+        ``p_test`` names (``"cluster"`` or ``"mcnemar"``); ``mcnemar_p_vs_best`` is that
+        p-value where the test was McNemar's. ``members`` lists an ensemble row's runs. ``clusters_per_class`` is a dict (class ->
         clusters) and ``few_clusters`` a list of classes, both missing where the predictions
         do not know their clusters. ``attrs["note"]`` says how
         many comparable groups there are, ``attrs["groups"]`` describes each, and
@@ -155,13 +164,24 @@ def leaderboard(
             predictions[(row["run_id"], row["evaluated_on"])] = table
         except (OSError, ValueError, KeyError, TypeError, errors.KidneyLabError) as error:
             skipped.append({"run_id": _cv_row_id(base, folder), "path": str(folder), "reason": f"cross-validation: {error}"})
+    for folder in runs.list_ensembles(base):
+        try:
+            recipe = study_ensemble.read_recipe(folder)
+            if study_id is not None and recipe.get("study_id") != study_id:
+                continue
+            table = study_ensemble.predictions_table(folder)
+            row = _ensemble_row(base, folder, recipe, table)
+            rows.append(row)
+            predictions[(row["run_id"], row["evaluated_on"])] = table
+        except (OSError, ValueError, KeyError, TypeError, errors.KidneyLabError) as error:
+            skipped.append({"run_id": _cv_row_id(base, folder), "path": str(folder), "reason": f"ensemble: {error}"})
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     if split is not None:
         table = table[table["split"] == split]
     if fingerprint is not None:
         table = table[table["dataset_fingerprint"] == fingerprint]
     table = _rank(table.reset_index(drop=True))
-    table["p_vs_best"], table["p_test"] = _p_values_against_best(table, predictions)
+    table["p_vs_best"], table["p_test"], table["compared_with"] = _p_values_against_best(table, predictions)
     table["mcnemar_p_vs_best"] = table["p_vs_best"].where(table["p_test"] == "mcnemar")
     table.attrs["groups"] = _describe_groups(table)
     table.attrs["note"] = _note(table)
@@ -251,7 +271,8 @@ def _score_columns(predictions: pd.DataFrame, split_kind: str | None) -> dict[st
 
 
 def _cv_row_id(base: Path, folder: Path) -> str:
-    """A cross-validation row's id: its folder under the workspace, ``cv/<study_id>/<model>``."""
+    """The id of a row that is not one run: its folder under the workspace, ``cv/<study_id>/<model>``
+    for a cross-validation, ``ensembles/<study_id>`` for an ensemble."""
     try:
         return folder.relative_to(base).as_posix()
     except ValueError:
@@ -310,6 +331,41 @@ def _cv_row(base: Path, folder: Path, summary: dict[str, Any], predictions: pd.D
         }
     )
     return row
+
+
+def _ensemble_row(base: Path, folder: Path, recipe: dict[str, Any], predictions: pd.DataFrame) -> dict[str, Any]:
+    """The leaderboard row of a study's ensemble, scores recomputed from its own predictions; it
+    has the comparable group of its members (the same images), its parameters and training time
+    are its members' sums (as read from their ``run.json``)."""
+    stored = _stored_metrics(folder)
+    kind = recipe.get("split_kind") or stored.get("split_kind")
+    members = [str(member) for member in recipe["members"]]
+    infos = []
+    for member in members:
+        try:
+            infos.append(runs.read_info(runs.run_path(base, member)))
+        except (runs.RunError, errors.KidneyLabError):
+            continue
+    complete = len(infos) == len(members)
+    params = [info.parameters for info in infos if info.parameters is not None]
+    seconds = [info.train_seconds for info in infos if info.train_seconds is not None]
+    return {
+        "comparable_group": fileio.short_hash(*sorted(predictions["path"].astype(str)), length=8),
+        "run_id": _cv_row_id(base, folder),
+        "model": study_ensemble.ENSEMBLE_MODEL,
+        "display_name": study_ensemble.display_name(len(members)),
+        "study_id": recipe.get("study_id") or folder.name,
+        "status": runs.COMPLETED,
+        "members": members,
+        "evaluated_on": runs.TEST_SOURCE,
+        "split": kind,
+        "dataset_fingerprint": stored.get("fingerprint"),
+        **_score_columns(predictions, kind),
+        "test_with_duplicate_in_train": stored.get("test_with_duplicate_in_train"),
+        "params": int(sum(params)) if complete and len(params) == len(members) else None,
+        "train_seconds": float(sum(seconds)) if complete and len(seconds) == len(members) else None,
+        "path": str(folder),
+    }
 
 
 def _fold_macro_f1(predictions: pd.DataFrame, summary: dict[str, Any]) -> list[float]:
@@ -393,27 +449,32 @@ def _rank(table: pd.DataFrame) -> pd.DataFrame:
 
 def _p_values_against_best(
     table: pd.DataFrame, predictions: dict[tuple[str, str], pd.DataFrame]
-) -> tuple[list[float | None], list[str | None]]:
-    """Each ranked row's p-value against the first row of its group, and the test that gave it
-    (see :func:`kidney_lab.evaluation.stats.paired_comparison`)."""
+) -> tuple[list[float | None], list[str | None], list[str | None]]:
+    """Each ranked row's p-value against the best single model of its group (its first ranked
+    row that is not an ensemble), the test that gave it (see
+    :func:`kidney_lab.evaluation.stats.paired_comparison`) and that row's id."""
     values: list[float | None] = [None] * len(table)
     tests: list[str | None] = [None] * len(table)
-    best: dict[str, tuple[pd.DataFrame, str | None]] = {}
+    against: list[str | None] = [None] * len(table)
+    best: dict[str, tuple[tuple[str, str], str | None]] = {}
+    for row in table.itertuples(index=False):
+        if not pd.isna(row.rank) and row.model != study_ensemble.ENSEMBLE_MODEL:
+            best.setdefault(row.comparable_group, ((row.run_id, row.evaluated_on), row.split))
     for position, row in enumerate(table.itertuples(index=False)):
-        if pd.isna(row.rank):
+        if pd.isna(row.rank) or row.comparable_group not in best:
             continue
+        (first_id, first_source), first_kind = best[row.comparable_group]
+        if (row.run_id, row.evaluated_on) == (first_id, first_source):
+            continue
+        first = predictions[(first_id, first_source)]
         current = predictions[(row.run_id, row.evaluated_on)]
-        if row.comparable_group not in best:
-            best[row.comparable_group] = (current, row.split)
-            continue
-        first, first_kind = best[row.comparable_group]
         kind = "random" if "random" in (first_kind, row.split) else row.split
         try:
             result = stats.paired_comparison(first, current, kind)
         except metrics_module.PredictionsError:
             continue  # The same images with other labels or clusters: not a paired comparison.
-        values[position], tests[position] = result["p_value"], result["test"]
-    return values, tests
+        values[position], tests[position], against[position] = result["p_value"], result["test"], first_id
+    return values, tests, against
 
 
 def _describe_groups(table: pd.DataFrame) -> list[dict[str, Any]]:

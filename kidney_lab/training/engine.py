@@ -61,6 +61,7 @@ from kidney_lab.data import pipeline
 from kidney_lab.data import split as split_module
 from kidney_lab.evaluation import cv as cv_module
 from kidney_lab.evaluation import evaluate as evaluate_module
+from kidney_lab.evaluation import study_ensemble
 from kidney_lab.models import builders
 from kidney_lab.models import registry
 from kidney_lab.training import callbacks as training_callbacks
@@ -269,6 +270,8 @@ def _train_study(
     pooled: tuple[dict[str, Any], ...] = ()
     if plan is not None and distribute.is_chief(config.strategy):
         pooled = tuple(cv_module.pool_study(workspace, study_id, plan))
+    if plan is None and distribute.is_chief(config.strategy):
+        study_ensemble.build_after_training(workspace, study_id)
     return TrainResult(
         study_id=study_id, split_id=split_id, runs=tuple(outcomes),
         cv_folds=None if plan is None else plan.folds, pooled=pooled,
