@@ -488,7 +488,35 @@ def _run_explain(arguments: argparse.Namespace) -> dict[str, Any]:
         print(f"error: none of the {len(references)} runs could be explained; see the warnings above",
               file=sys.stderr)
         arguments.exit_status = EXIT_FAILURE
-    return {"image": str(arguments.image.resolve()), **compare.report_to_dict(report, paths)}
+    ensemble = _explain_ensemble(report, resolved, arguments, out)
+    return {"image": str(arguments.image.resolve()), **compare.report_to_dict(report, paths), **ensemble}
+
+
+def _explain_ensemble(report: Any, resolved: list[Any], arguments: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The calibrated ensemble of the explained runs (two or more): printed, its combined overlay
+    written, and ``{"ensemble": ...}`` for the JSON; ``{}`` for fewer than two runs."""
+    from kidney_lab.explain import cam, compare, render
+    from kidney_lab.fileio import atomic_write_bytes
+
+    folders = {Path(reference).name: reference for reference in resolved if isinstance(reference, Path)}
+    verdict = compare.ensemble_result(
+        report, compare.run_temperatures(list(folders.values())), arguments.target,
+        lambda result, label: cam.load_explainer(folders[result.run_id], report.method).explain(report.scan, label),
+    )
+    if verdict is None:
+        return {}
+    entry = verdict.to_dict()
+    entry["overlay"] = None
+    if verdict.heatmap is not None:
+        path = out / f"ensemble-{report.method.replace('++', 'pp')}-{verdict.map_class.lower()}-overlay.png"
+        atomic_write_bytes(path, render.to_png(render.overlay(report.scan, verdict.heatmap, arguments.opacity,
+                                                              arguments.colormap)))
+        entry["overlay"] = str(path)
+    print(f"{'Ensemble':<19} predicted {verdict.predicted:<6} ({verdict.probabilities[verdict.predicted]:.2f})  "
+          f"calibrated mean of {len(verdict.members)} runs, map of {verdict.map_class}  {entry['overlay'] or ''}")
+    for note in verdict.notes:
+        print(f"  note: {note}")
+    return {"ensemble": entry}
 
 
 def _run_explain_eval(arguments: argparse.Namespace) -> dict[str, Any]:

@@ -116,11 +116,16 @@ def evaluation_signature(base: Path) -> tuple[tuple[str, int], ...]:
     """Modification times of every file that evaluation writes in the workspace's run folders.
 
     Part of the cache key of tables built from stored evaluations (leaderboard, scores): a run
-    trained, evaluated, re-evaluated on another folder or deleted changes it, so nothing shown
+    trained, evaluated, re-evaluated on another folder or deleted, or a study's ensemble built
+    again, changes it, so nothing shown
     is older than the files. Reading it costs a few ``stat`` calls per run.
     """
     names = (runs_module.RUN_FILE, runs_module.PREDICTIONS_FILE, runs_module.METRICS_FILE, runs_module.FAITHFULNESS_FILE)
     stamps: list[tuple[str, int]] = []
+    for folder in runs_module.list_ensembles(base):
+        for name in (runs_module.ENSEMBLE_FILE, runs_module.PREDICTIONS_FILE, runs_module.METRICS_FILE):
+            with contextlib.suppress(OSError):
+                stamps.append((str(folder / name), os.stat(folder / name).st_mtime_ns))
     for record_folder in sorted(_run_folders(base)):
         folders = [record_folder]
         with contextlib.suppress(OSError):

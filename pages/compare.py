@@ -2,8 +2,9 @@
 
 This is the page users come for. A scan (an upload, or a sample from the dataset or the demo
 phantoms) goes through one run of each architecture; each row shows the scan and the five heat
-maps side by side, each titled with the model, its predicted class and its confidence, then the
-probabilities of every model in one chart and how far the models agree.
+maps side by side, each titled with the model, its predicted class and its confidence, and last
+the calibrated ensemble of those models (its verdict and combined map), then the probabilities of
+every model in one chart and how far the models agree.
 
 What the page shows around the heat maps is decided by :mod:`kidney_lab.explain.compare`: the
 runs it uses by default, how far the models agree, and the predictions table it offers for
@@ -390,7 +391,7 @@ def draw_scan(item: ScanInput, window: str | None, chosen: dict[str, runs.RunRec
         st.markdown(f"**{item.name}**")
         st.caption(scan_caption(scan))
         row = ScanRow(item, scan, [], {})
-        columns = st.columns(1 + len(chosen))
+        columns = st.columns(2 + len(chosen))  # The scan, one column per architecture, the ensemble.
         with columns[0]:
             st.markdown("**Scan**")
             st.caption("as the models read it")
@@ -426,10 +427,43 @@ def draw_scan(item: ScanInput, window: str | None, chosen: dict[str, runs.RunRec
                 if trust:
                     st.caption(trust)
         computing.empty()
+        draw_ensemble(columns[-1], row, chosen, settings)
         row.seconds = time.perf_counter() - started
         if row.results:
             draw_summary(row, chosen, key)
     return row
+
+
+def draw_ensemble(column: Any, row: ScanRow, chosen: dict[str, runs.RunRecord | None], settings: Settings) -> None:
+    """The last column: the calibrated ensemble of the models drawn (:func:`compare.ensemble_result`),
+    its verdict and its combined map. Only maps of one class are combined: a model whose map explains
+    another class is left out and named (choosing a class to explain gives every model's map of it)."""
+    from kidney_lab import explain
+
+    with column:
+        st.markdown("**Ensemble**")
+        if len(row.results) < 2:
+            st.caption("needs two or more models")
+            return
+        with common.shown_errors("combining the models"):
+            folders = {record.run_id: record.path for record in chosen.values() if record is not None}
+            verdict = compare.ensemble_result(
+                row.results, compare.run_temperatures([folders[result.run_id] for result in row.results]),
+                settings.target,
+            )
+            text = f"Verdict: {verdict.predicted} · {percent(verdict.probabilities[verdict.predicted])}"
+            if verdict.map_class != verdict.predicted:
+                text += f" · combined map for {verdict.map_class} ({percent(verdict.probabilities[verdict.map_class])})"
+            st.caption(text)
+            if verdict.heatmap is not None:
+                st.image(explain.overlay(row.scan, verdict.heatmap, settings.opacity, settings.colormap), width="stretch")
+            st.caption(f"Mean of {len(verdict.members)} models' calibrated probabilities; the map combines "
+                       f"{len(verdict.map_weights)} models' maps for {verdict.map_class}, each weighted by its "
+                       "probability of it.")
+            hint = (" Choose a class under *Explain the class* to combine every model's map of it."
+                    if len(verdict.map_weights) < len(verdict.members) else "")
+            if verdict.notes:
+                st.caption(" ".join(verdict.notes) + hint)
 
 
 def scan_caption(scan: scan_module.Scan) -> str:

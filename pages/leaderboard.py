@@ -9,8 +9,8 @@ Rows measured on different images answer different questions, so they fall into 
 comparable groups: ranks, "best" highlights, the p-value and the chart's groups never cross a
 group. A class that rests on fewer than three series is warned about above the table. The page
 only filters, formats and draws; per-run actions open a run on the Evaluation page, download its
-model card, or delete it after a confirmation (a cross-validation row is not one run, so it has
-none).
+model card, or delete it after a confirmation (a cross-validation row and a study's ensemble row
+are not one run, so they have none).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import streamlit as st
 
 from kidney_lab import runs
 from kidney_lab.evaluation import cv
+from kidney_lab.evaluation import study_ensemble
 from pages import common
 
 EVALUATION_PAGE = "pages/evaluation.py"
@@ -56,8 +57,8 @@ def main() -> None:
         "model tested on a leaky random split, one tested on a grouped split and one tested on "
         "another folder answer different questions. Intervals are 95% bootstrap intervals over "
         "near-duplicate clusters (series) on grouped splits, cross-validations and folders, and over "
-        "images on random splits (column *resampled*); *p vs best* compares a row with the best row "
-        "of its group by the paired cluster test, or by McNemar's exact test on a random split (column *test*)."
+        "images on random splits (column *resampled*); *p vs best* compares a row with the best single model "
+        "of its group (a study's *Ensemble* row too) by the paired cluster test, or by McNemar's exact test on a random split (column *test*)."
     )
     base = common.workspace()
     if not runs.list_runs(base):
@@ -305,7 +306,7 @@ def column_config() -> dict[str, Any]:
             help="Cross-validation: mean ± sample standard deviation of the folds' macro F1, each fold scored on its "
                  "own held-out series."),
         "p vs best": st.column_config.NumberColumn(
-            help="p-value against the best row of the same group, by the test in column *test*; small (< 0.05): the "
+            help="p-value against the best single model (not an ensemble) of the same group, by the test in column *test*; small (< 0.05): the "
                  "difference is unlikely to be chance on these images."),
         "test": st.column_config.TextColumn(
             help="cluster: paired sign-flip permutation test over series (grouped splits, cross-validations, "
@@ -441,10 +442,10 @@ def model_colour(model: str | None) -> str:
 def draw_actions(base: Path, table: pd.DataFrame) -> None:
     """Open a row in Evaluation, download its run's model card, or delete the run."""
     st.subheader("Run actions")
-    # A cross-validation row is K runs, not one: open its folds from their own rows.
-    table = table[table["split"] != cv.CV_KIND]
+    # A cross-validation row is K runs, an ensemble row several: open their runs from their own rows.
+    table = table[(table["split"] != cv.CV_KIND) & (table["model"] != study_ensemble.ENSEMBLE_MODEL)]
     if table.empty:
-        st.caption("Cross-validation rows have no run actions; each fold is a run of its own.")
+        st.caption("Cross-validation and ensemble rows have no run actions; each of their runs has its own row.")
         return
     labels = row_label(table, group_labels(table))
     keys = list(labels)

@@ -9,7 +9,9 @@ request fails the whole call: an unreadable image, an unknown method or target c
 What the Compare page shows around the heat maps is decided here too, so that the page only
 draws it: which runs it uses by default (:func:`usable_runs`, :func:`default_runs`), how far
 the models agree (:func:`agreement`) and the predictions table it offers for download
-(:func:`predictions_csv`, with the library's ``prob_<class>`` columns). Importing this module
+(:func:`predictions_csv`, with the library's ``prob_<class>`` columns) and the calibrated
+ensemble of the models shown (:func:`ensemble_result`: mean probabilities and one combined heat
+map). Importing this module
 loads no TensorFlow (the models load when :func:`explain` runs), so the page can ask these
 questions before any model is needed.
 """
@@ -23,7 +25,7 @@ import io
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from kidney_lab import errors
 from kidney_lab import runs as runs_module
@@ -268,3 +270,159 @@ def predictions_csv(scans: Sequence[tuple[str, Sequence[cam.Explanation]]]) -> s
                              *[f"{result.probabilities[label]:.6f}" for label in classes.CLASS_NAMES],
                              f"{result.seconds:.4f}"])
     return buffer.getvalue()
+
+
+# The ensemble of the models that explained one scan ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleVerdict:
+    """The calibrated ensemble's answer for one scan (see :func:`ensemble_result`).
+
+    Attributes:
+        members: the run ids combined, in the order of the results.
+        temperatures: run id -> the temperature its probabilities were calibrated with (1 for a
+            run without calibration).
+        probabilities: class -> the mean of the members' calibrated probabilities, in
+            :data:`kidney_lab.data.classes.CLASS_NAMES` order.
+        predicted: the class of highest ensemble probability.
+        map_class: the class the combined map explains (``predicted`` unless another was asked for).
+        heatmap: float32 ``(H, W)`` at the scan's size, in [0, 1]: the members' maps of
+            ``map_class``, each weighted by its calibrated probability of that class, scaled
+            like every member's map; None when no member's map of that class is at hand.
+        map_weights: run id -> the weight of its map in ``heatmap`` (summing to 1).
+        notes: what the reader should know: members without calibration, members whose map
+            explains another class and so is left out of ``heatmap``.
+    """
+
+    members: tuple[str, ...]
+    temperatures: dict[str, float]
+    probabilities: dict[str, float]
+    predicted: str
+    map_class: str
+    heatmap: np.ndarray | None = dataclasses.field(repr=False)
+    map_weights: dict[str, float]
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the heat map, as JSON-ready values (``explain --json``'s ``"ensemble"``)."""
+        return {
+            "predicted": self.predicted,
+            "probabilities": dict(self.probabilities),
+            "members": list(self.members),
+            "temperatures": dict(self.temperatures),
+            "weights": "equal",
+            "map_class": self.map_class,
+            "map_weights": dict(self.map_weights),
+            "notes": list(self.notes),
+        }
+
+
+def ensemble_result(
+    results: ExplainReport | Sequence[cam.Explanation],
+    temperatures: dict[str, float] | None = None,
+    map_class: str | None = None,
+    explain_class: Callable[[cam.Explanation, str], cam.Explanation | None] | None = None,
+) -> EnsembleVerdict | None:
+    """The equal-weight calibrated ensemble of the models that explained one scan.
+
+    Each member's probabilities are calibrated with its temperature
+    (:func:`kidney_lab.evaluation.calibration.apply_temperature`) and averaged; the combined map
+    is the members' maps of ``map_class`` weighted by their calibrated probability of it. A
+    member whose map explains another class (``target``) is explained again for ``map_class``
+    by ``explain_class`` when it is given, and otherwise left out of the map with a note.
+
+    Args:
+        results: a report of :func:`explain`, or its results (one scan).
+        temperatures: run id -> temperature (see :func:`run_temperatures`); a run not in it is
+            taken as uncalibrated (1) and noted.
+        map_class: the class the combined map explains; the ensemble's prediction when None.
+        explain_class: optional ``(result, class) -> Explanation`` that explains the same scan
+            with the result's run for that class (the page's cache, or an explainer).
+
+    Returns:
+        The verdict, or None for fewer than two results (one model is no ensemble).
+
+    Raises:
+        kidney_lab.evaluation.calibration.CalibrationError: a bad temperature.
+        kidney_lab.errors.ConfigError: an unknown ``map_class``.
+    """
+    import numpy as np
+
+    from kidney_lab.evaluation import calibration
+
+    members = list(results.results if isinstance(results, ExplainReport) else results)
+    if len(members) < 2:
+        return None
+    known = temperatures or {}
+    notes = [f"{result.display_name} has no calibration; its probabilities are used as they are."
+             for result in members if result.run_id not in known]
+    used = {result.run_id: calibration.check_temperature(known.get(result.run_id, 1.0)) for result in members}
+    calibrated = np.concatenate([
+        calibration.apply_temperature([[result.probabilities[label] for label in classes.CLASS_NAMES]], used[result.run_id])
+        for result in members
+    ])
+    mean = calibrated.mean(axis=0)
+    predicted = classes.CLASS_NAMES[int(np.argmax(mean))]
+    explained = predicted if map_class is None else classes.match_class(str(map_class))
+    if explained is None:
+        raise errors.ConfigError(f"Unknown class {map_class!r}; choose from {', '.join(classes.CLASS_NAMES)}.")
+    maps: dict[str, np.ndarray] = {}
+    weights: dict[str, float] = {}
+    for row, result in zip(calibrated, members):
+        chosen = result if _explains(result, explained) else None
+        if chosen is None and explain_class is not None:
+            try:
+                chosen = explain_class(result, explained)
+            except Exception as error:  # A map left out must not hide the ensemble's verdict.
+                notes.append(f"{result.display_name} could not be explained for {explained}: "
+                             f"{errors.first_line(error, 200)}")
+                continue
+        if chosen is None:
+            notes.append(f"{result.display_name}'s map explains {result.target}, not {explained}; it is left out "
+                         "of the combined map.")
+            continue
+        maps[result.run_id] = np.asarray(chosen.heatmap, dtype=np.float32)
+        weights[result.run_id] = float(row[classes.CLASS_NAMES.index(explained)])
+    total = sum(weights.values())
+    shares = {run_id: (weight / total if total > 0 else 1.0 / len(weights)) for run_id, weight in weights.items()}
+    heatmap = None
+    if maps:
+        combined = sum(np.float32(shares[run_id]) * values for run_id, values in maps.items())
+        low, high = float(combined.min()), float(combined.max())
+        heatmap = ((combined - low) / (high - low) if high > low else np.zeros_like(combined)).astype(np.float32)
+    return EnsembleVerdict(
+        members=tuple(result.run_id for result in members),
+        temperatures=used,
+        probabilities={label: float(value) for label, value in zip(classes.CLASS_NAMES, mean)},
+        predicted=predicted,
+        map_class=explained,
+        heatmap=heatmap,
+        map_weights=shares,
+        notes=tuple(notes),
+    )
+
+
+def run_temperatures(run_dirs: Sequence[RunRef]) -> dict[str, float]:
+    """Run id (the folder's name) -> the temperature of its ``calibration.json``, for the runs
+    that have one (see :func:`kidney_lab.evaluation.study_ensemble.read_temperature`).
+
+    Raises:
+        kidney_lab.evaluation.calibration.CalibrationError: a damaged ``calibration.json``.
+    """
+    from kidney_lab.evaluation import study_ensemble
+
+    found = {}
+    for run_dir in run_dirs:
+        temperature = study_ensemble.read_temperature(run_dir)
+        if temperature is not None:
+            found[_run_label(run_dir)] = temperature
+    return found
+
+
+def _explains(result: cam.Explanation, label: str) -> bool:
+    """Whether the result's map is a map of ``label`` (always, for a method whose map is the same
+    for every class)."""
+    from kidney_lab.explain import cam
+
+    return result.target == label or not cam.get_method(result.method).explains_a_class

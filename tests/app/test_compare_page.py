@@ -217,3 +217,29 @@ def test_runs_trained_on_phantoms_are_called_so_by_the_library_s_one_answer(open
     app = open_app(tiny_study.workspace, page=PAGE)
     _no_exception(app)
     assert not any("phantoms" in label for label in app.selectbox(key="compare-run-vit").options)
+
+
+@pytest.mark.slow
+def test_the_ensemble_column_shows_the_calibrated_verdict_and_a_combined_map(open_app, tiny_study, study_runs):
+    from kidney_lab.explain import compare
+
+    png = _phantom_bytes(tiny_study.data, "Stone")
+    app = open_app(tiny_study.workspace, page=PAGE)
+    app.file_uploader[0].set_value(("stone.png", png, "image/png")).run()
+    _no_exception(app)
+    assert "**Ensemble**" in [str(element.value) for element in app.markdown]
+    expected = compare.ensemble_result(explain_module.explain(study_runs, png), compare.run_temperatures(study_runs))
+    verdicts = [str(caption.value) for caption in app.caption if str(caption.value).startswith("Verdict: ")]
+    assert len(verdicts) == 1
+    label, share = re.match(r"Verdict: (\w+) · ([<>]?[\d.]+)%", verdicts[0]).groups()
+    assert label == expected.predicted
+    _assert_same([(label, share)], [(expected.predicted, 100 * expected.probabilities[expected.predicted])])
+    combined = [str(caption.value) for caption in app.caption if "the map combines" in str(caption.value)]
+    assert combined == [f"Mean of 5 models' calibrated probabilities; the map combines {len(expected.map_weights)} "
+                        f"models' maps for {expected.predicted}, each weighted by its probability of it."]
+    # The overlays: the scan, five models and the ensemble's combined map.
+    assert len(app.get("imgs")) == 7
+    # Asked for one class, every model's map of it is combined.
+    app.selectbox(key="compare-target").set_value("Tumor").run()
+    _no_exception(app)
+    assert any("the map combines 5 models' maps for Tumor" in str(caption.value) for caption in app.caption)
