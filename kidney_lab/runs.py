@@ -6,8 +6,9 @@ by the training process: phase, epoch, metrics so far, pid, heartbeat) and the a
 training and evaluation leave there. Every path inside a run is named here (the constants and
 the ``*_path`` functions below): the history, the checkpoint, the evaluation of the test split
 and those of external folders (``external/<fingerprint>/``), faithfulness scores, calibration,
-the out-of-distribution detector and cross-validation results. The app and the command line
-read and change runs only through this module.
+the out-of-distribution detector and cross-validation results; and, under the workspace, the
+pooled results of cross-validations (``cv/``) and each study's ensemble (``ensembles/``). The app
+and the command line read and change runs only through this module.
 
 Every JSON write is atomic. :func:`read_run` never raises for a damaged folder: a folder
 without a readable ``run.json`` or ``status.json``, or whose ``run.json`` has a field of the

@@ -44,7 +44,7 @@ FITTED = "fitted"
 WEIGHT_CHOICES = (EQUAL, FITTED)
 # Held while a study's ensemble is built, so that two training processes of one study (the demo's
 # lanes) finishing together cannot leave the ensemble of the one that saw fewer runs.
-_LOCK_FILE = ".build.lock"
+_LOCK_SUFFIX = ".lock"
 CV_EXCLUDED = (
     "a fold of a cross-validation (each fold has other test images; an ensemble of the folds' "
     "models is out of scope)"
@@ -171,9 +171,10 @@ def build(workspace: str | os.PathLike[str], study_id: str, weights: str = EQUAL
 
 @contextlib.contextmanager
 def _building(folder: Path) -> Iterator[None]:
-    """Hold the lock of one study's ensemble folder (made if needed) while the block runs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / _LOCK_FILE, "w") as lock:
+    """Hold the lock of one study's ensemble (a hidden file beside its folder, so a build that
+    fails leaves no folder behind) while the block runs."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}{_LOCK_SUFFIX}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -182,10 +183,10 @@ def _build(workspace: str | os.PathLike[str], study_id: str, folder: Path, weigh
     """:func:`build` inside the study's lock: the members are listed only once it is held."""
     chosen, excluded = members(workspace, study_id)
     _check_count(study_id, chosen, excluded)
-    split_ids = sorted({str(record.info.split_id) for record in chosen})
+    split_ids = sorted({record.info.split_id for record in chosen}, key=str)
     if len(split_ids) > 1:
         raise ensemble.EnsembleError(
-            f"The runs of study {study_id} were trained on {len(split_ids)} splits ({', '.join(split_ids)}); "
+            f"The runs of study {study_id} were trained on {len(split_ids)} splits ({', '.join(map(str, split_ids))}); "
             "an ensemble combines runs of one split only."
         )
     paths = [record.path for record in chosen]
@@ -202,10 +203,11 @@ def _build(workspace: str | os.PathLike[str], study_id: str, folder: Path, weigh
         numbered = ", ".join(f"{number} = {run_id}" for number, run_id in enumerate(run_ids, start=1))
         raise ensemble.EnsembleError(f"{error} (members: {numbered})") from None
     stored = [store.load_metrics(path) for path in paths]
-    kinds = sorted({str(store.split_kind(path, runs.TEST_SOURCE, metrics)) for path, metrics in zip(paths, stored)})
+    kinds = sorted({store.split_kind(path, runs.TEST_SOURCE, metrics) for path, metrics in zip(paths, stored)}, key=str)
     if len(kinds) > 1:
         raise ensemble.EnsembleError(
-            f"The members of study {study_id} were scored as {' and '.join(kinds)} splits; evaluate them again."
+            f"The members of study {study_id} were scored as {' and '.join(map(str, kinds))} splits; evaluate "
+            "them again."
         )
     recipe = {
         **ensemble.describe(chosen_weights, temperatures, run_ids),

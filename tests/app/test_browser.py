@@ -82,15 +82,16 @@ def test_compare_page_explains_an_uploaded_scan(browser, app_server, screenshots
         # The real dropzone, as a user's file dialog fills it.
         page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(scan))
         overlays = "[data-testid='stMain'] [data-testid='stImage'] img"
-        # The scan itself and one overlay per model; the first explanation loads the five models.
-        page.wait_for_function(f"() => document.querySelectorAll(\"{overlays}\").length >= 6",
+        # The scan itself, one overlay per model and the ensemble's combined map; the first explanation
+        # loads the five models.
+        page.wait_for_function(f"() => document.querySelectorAll(\"{overlays}\").length >= 7",
                                timeout=LOAD_SECONDS * 2000)
         # The row ends with the probability chart and the agreement, drawn after the overlays.
         page.wait_for_selector("[data-testid='stPlotlyChart']", state="attached", timeout=LOAD_SECONDS * 1000)
         page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']",
                                timeout=LOAD_SECONDS * 1000)
         text = check_page(page, "Compare")
-        assert page.locator(overlays).count() == 6
+        assert page.locator(overlays).count() == 7 and "Verdict: " in text
         assert "not a diagnosis" in text
         screenshots(page, "tiny-study-compare")
     finally:

@@ -238,7 +238,7 @@ def test_the_ensemble_column_shows_the_calibrated_verdict_and_a_combined_map(ope
     assert combined == [f"Mean of 5 models' calibrated probabilities; the map combines {len(expected.map_weights)} "
                         f"models' maps for {expected.predicted}, each weighted by its probability of it."]
     # The overlays: the scan, five models and the ensemble's combined map.
-    assert len(app.get("imgs")) == 7
+    assert len(app.get("image")) == 7
     # Asked for one class, every model's map of it is combined.
     app.selectbox(key="compare-target").set_value("Tumor").run()
     _no_exception(app)

@@ -40,9 +40,11 @@ def test_the_tiny_study_is_ranked_from_its_stored_predictions(open_app, tiny_stu
     assert not app.error, [element.value for element in app.error]
     shown = texts(app)
     assert "All rows were evaluated on the same images" in shown
-    assert "Group A**: 5 row(s) on the same" in shown
+    # Five runs and the study's ensemble (built when training ended), in one group.
+    assert "Group A**: 6 row(s) on the same" in shown
     table = app.dataframe[0].value
-    assert len(table) == 5 and set(table["group"]) == {"A"}
+    assert len(table) == 6 and set(table["group"]) == {"A"}
+    assert table["run"].tolist().count(f"ensembles/{tiny_study.study_id}") == 1
     assert sorted(table["rank"].tolist()) == sorted(leaderboard(tiny_study.workspace)["rank"].tolist())
     # Every number shown is the library's, recomputed from predictions.csv: score and interval.
     expected = leaderboard(tiny_study.workspace).set_index("run_id")
@@ -59,10 +61,11 @@ def test_the_tiny_study_is_ranked_from_its_stored_predictions(open_app, tiny_stu
 @pytest.mark.slow
 def test_filters_narrow_the_table(open_app, tiny_study):
     app = open_app(tiny_study.workspace, page=PAGE)
+    # Five runs and the study's ensemble.
     app.toggle(key="leaderboard_external").set_value(False).run()
-    assert len(app.dataframe[0].value) == 5
+    assert len(app.dataframe[0].value) == 6
     app.selectbox(key="leaderboard_study").set_value(tiny_study.study_id).run()
-    assert len(app.dataframe[0].value) == 5
+    assert len(app.dataframe[0].value) == 6
     # The tiny study has grouped rows only, so the filter offers no other kind.
     assert app.selectbox(key="leaderboard_split").options == ["All", "grouped"]
     _no_exception(app)

@@ -159,7 +159,7 @@ def test_too_few_members_or_other_images_are_refused_and_nothing_is_written(tmp_
     fake_run(workspace, "vit", member_table(2, prefix="/other/series"))
     with pytest.raises(ensemble.EnsembleError, match=r"lacks 96 image.*\(members: 1 = "):
         study_ensemble.build(workspace, STUDY)
-    assert runs.list_ensembles(workspace) == []
+    assert runs.list_ensembles(workspace) == [] and not runs.ensemble_folder(workspace, STUDY).exists()
     assert "lacks 96 image" in study_ensemble.build_after_training(workspace, STUDY)["error"]
 
 
