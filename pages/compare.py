@@ -457,9 +457,9 @@ def draw_ensemble(column: Any, row: ScanRow, chosen: dict[str, runs.RunRecord | 
             st.caption(text)
             if verdict.heatmap is not None:
                 st.image(explain.overlay(row.scan, verdict.heatmap, settings.opacity, settings.colormap), width="stretch")
-            st.caption(f"Mean of {len(verdict.members)} models' calibrated probabilities; the map combines "
-                       f"{len(verdict.map_weights)} models' maps for {verdict.map_class}, each weighted by its "
-                       "probability of it.")
+            st.caption(f"Mean of {len(verdict.members)} models' probabilities, each after its own temperature "
+                       f"scaling; the map combines {len(verdict.map_weights)} models' maps for {verdict.map_class}, "
+                       "each weighted by its probability of it.")
             hint = (" Choose a class under *Explain the class* to combine every model's map of it."
                     if len(verdict.map_weights) < len(verdict.members) else "")
             if verdict.notes:

@@ -355,8 +355,13 @@ def ensemble_result(
     if len(members) < 2:
         return None
     known = temperatures or {}
-    notes = [f"{result.display_name} has no calibration; its probabilities are used as they are."
-             for result in members if result.run_id not in known]
+    uncalibrated = [result.display_name for result in members if result.run_id not in known]
+    notes = []
+    if len(uncalibrated) == len(members):
+        notes.append(f"None of the {len(members)} models has a calibration, so their probabilities are averaged "
+                     "as they are.")
+    elif uncalibrated:
+        notes.append(f"No calibration for {', '.join(uncalibrated)}: used as they are.")
     used = {result.run_id: calibration.check_temperature(known.get(result.run_id, 1.0)) for result in members}
     calibrated = np.concatenate([
         calibration.apply_temperature([[result.probabilities[label] for label in classes.CLASS_NAMES]], used[result.run_id])
@@ -369,6 +374,7 @@ def ensemble_result(
         raise errors.ConfigError(f"Unknown class {map_class!r}; choose from {', '.join(classes.CLASS_NAMES)}.")
     maps: dict[str, np.ndarray] = {}
     weights: dict[str, float] = {}
+    other_class: list[str] = []
     for row, result in zip(calibrated, members):
         chosen = result if _explains(result, explained) else None
         if chosen is None and explain_class is not None:
@@ -379,11 +385,12 @@ def ensemble_result(
                              f"{errors.first_line(error, 200)}")
                 continue
         if chosen is None:
-            notes.append(f"{result.display_name}'s map explains {result.target}, not {explained}; it is left out "
-                         "of the combined map.")
+            other_class.append(f"{result.display_name} (a map of {result.target})")
             continue
         maps[result.run_id] = np.asarray(chosen.heatmap, dtype=np.float32)
         weights[result.run_id] = float(row[classes.CLASS_NAMES.index(explained)])
+    if other_class:
+        notes.append(f"Left out of the map of {explained}: {', '.join(other_class)}.")
     total = sum(weights.values())
     shares = {run_id: (weight / total if total > 0 else 1.0 / len(weights)) for run_id, weight in weights.items()}
     heatmap = None

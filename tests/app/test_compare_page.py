@@ -235,8 +235,9 @@ def test_the_ensemble_column_shows_the_calibrated_verdict_and_a_combined_map(ope
     assert label == expected.predicted
     _assert_same([(label, share)], [(expected.predicted, 100 * expected.probabilities[expected.predicted])])
     combined = [str(caption.value) for caption in app.caption if "the map combines" in str(caption.value)]
-    assert combined == [f"Mean of 5 models' calibrated probabilities; the map combines {len(expected.map_weights)} "
-                        f"models' maps for {expected.predicted}, each weighted by its probability of it."]
+    assert combined == [f"Mean of 5 models' probabilities, each after its own temperature scaling; the map combines "
+                        f"{len(expected.map_weights)} models' maps for {expected.predicted}, each weighted by its "
+                        "probability of it."]
     # The overlays: the scan, five models and the ensemble's combined map.
     assert len(app.get("image")) == 7
     # Asked for one class, every model's map of it is combined.

@@ -48,7 +48,7 @@ def test_the_verdict_is_the_mean_of_calibrated_probabilities_and_a_weighted_map(
     assert list(verdict.map_weights.values()) == pytest.approx(weights.tolist())
     assert verdict.heatmap.shape == SHAPE and verdict.heatmap.max() == 1.0
     assert verdict.heatmap[5, 0] == 1.0 and verdict.heatmap[0, 0] == pytest.approx(weights[0] / weights[1])
-    assert verdict.notes == ("B has no calibration; its probabilities are used as they are.",)
+    assert verdict.notes == ("No calibration for B: used as they are.",)
     assert compare.ensemble_result([first]) is None
 
 
@@ -67,7 +67,8 @@ def test_a_member_that_explained_another_class_is_explained_again_or_noted():
     assert verdict.heatmap[3].max() == 0.0  # B's own map (of Normal) is not used.
     left_out = compare.ensemble_result([cyst, normal], {})
     assert list(left_out.map_weights) == ["run-a"]
-    assert "map explains Normal, not Cyst; it is left out" in left_out.notes[-1]
+    assert left_out.notes == ("None of the 2 models has a calibration, so their probabilities are averaged as they are.",
+                              "Left out of the map of Cyst: B (a map of Normal).")
     # A map of another class can be asked for; a failing re-explanation is a note, not an error.
     other = compare.ensemble_result([cyst, normal], {}, map_class="normal",
                                     explain_class=lambda result, label: 1 / 0)
