@@ -308,23 +308,55 @@ def unit_confusions(table: pd.DataFrame, units: Any) -> np.ndarray:
     """
     count = len(classes.CLASS_NAMES)
     codes = _class_indices(table["true_label"]) * count + _class_indices(table["predicted_label"])
+    return unit_counts(units, codes, count * count)
+
+
+def unit_counts(units: Any, codes: Any, cells: int) -> np.ndarray:
+    """How many rows of each resampling unit fall in each cell.
+
+    Args:
+        units: one unit key per row; units are ordered by their keys as text.
+        codes: one cell index per row, in ``[0, cells)`` (a confusion cell, say).
+        cells: the number of cells.
+
+    Returns:
+        An integer array of shape ``(units, cells)``.
+    """
     _, which = np.unique(np.asarray(units).astype(str), return_inverse=True)
     which = which.reshape(-1)
-    cells = np.zeros((int(which.max()) + 1 if len(which) else 0, count * count), dtype=np.int64)
-    np.add.at(cells, (which, codes), 1)
-    return cells
+    counts = np.zeros((int(which.max()) + 1 if len(which) else 0, cells), dtype=np.int64)
+    np.add.at(counts, (which, np.asarray(codes, dtype=np.int64)), 1)
+    return counts
 
 
 def resampled_scores(unit_cells: np.ndarray, *, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy and macro F1 of bootstrap resamples of units (see :func:`unit_confusions`).
 
-    Each resample draws as many units as there are, with replacement, from a NumPy generator
-    seeded with ``seed``, and sums their confusion counts. ``unit_cells`` may stack several
-    models' counts of the same units, ``(models, units, cells)``: every model then gets the same
-    draws, as a paired bootstrap needs.
+    Each resample draws as many units as there are, with replacement (see
+    :func:`resampled_counts`). ``unit_cells`` may stack several models' counts of the same
+    units, ``(models, units, cells)``: every model then gets the same draws, as a paired
+    bootstrap needs.
 
     Returns:
         ``(accuracy, macro_f1)``, each of shape ``(resamples,)``, or ``(models, resamples)``.
+
+    Raises:
+        PredictionsError: ``resamples`` below 1.
+    """
+    return scores_of_confusions(resampled_counts(unit_cells, resamples=resamples, seed=seed))
+
+
+def resampled_counts(unit_cells: np.ndarray, *, resamples: int, seed: int) -> np.ndarray:
+    """The summed cell counts of bootstrap resamples of units: the one bootstrap kernel.
+
+    Each resample draws as many units as there are, with replacement, from a NumPy generator
+    seeded with ``seed``, and sums their counts (a unit drawn twice counts twice). The cells can
+    be a confusion matrix's (:func:`unit_confusions`) or any other counts of the units' rows
+    (:func:`unit_counts`). ``unit_cells`` may stack several models' counts of the same units,
+    ``(models, units, cells)``: every model then gets the same draws.
+
+    Returns:
+        An integer array ``(resamples, cells)``, or ``(models, resamples, cells)``.
 
     Raises:
         PredictionsError: ``resamples`` below 1.
@@ -335,18 +367,14 @@ def resampled_scores(unit_cells: np.ndarray, *, resamples: int, seed: int) -> tu
     models, units, cells = stacked.shape
     rng = np.random.default_rng(seed)
     chunk = max(1, BOOTSTRAP_CHUNK_ROWS // units)
-    accuracy = np.empty((models, resamples))
-    macro_f1 = np.empty((models, resamples))
+    sums = np.empty((models, resamples, cells), dtype=np.int64)
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
         drawn = rng.integers(0, units, size=(size, units))
         offsets = np.arange(size)[:, None] * units
         multiplicity = np.bincount((drawn + offsets).ravel(), minlength=size * units).reshape(size, units)
-        matrices = np.einsum("su,muc->msc", multiplicity, stacked)
-        accuracy[:, start:start + size], macro_f1[:, start:start + size] = scores_of_confusions(matrices)
-    if np.ndim(unit_cells) == 2:
-        return accuracy[0], macro_f1[0]
-    return accuracy, macro_f1
+        sums[:, start:start + size] = np.einsum("su,muc->msc", multiplicity, stacked)
+    return sums[0] if np.ndim(unit_cells) == 2 else sums
 
 
 def scores_of_confusions(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
