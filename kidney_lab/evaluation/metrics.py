@@ -49,6 +49,11 @@ CALIBRATION_BINS = 10
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE_LEVEL = 0.95
+# A model is degenerate (flagged on the pages) when this share or more of its predictions is one
+# class, or when its macro F1 is at or below this (four classes: 0.25 is guessing, one class
+# for everything scores at most 0.2 against balanced labels).
+DEGENERATE_SHARE = 0.9
+CHANCE_MACRO_F1 = 0.30
 # Resampled rows counted at once by the bootstrap (bounds its memory to a few tens of MB).
 BOOTSTRAP_CHUNK_ROWS = 4_000_000
 
@@ -198,6 +203,38 @@ def compute_metrics(
         "calibration": calibration,
         "intervals": _bootstrap_intervals(table, resamples, seed, CONFIDENCE_LEVEL) if intervals else None,
     }
+
+
+def degenerate(scores: dict[str, Any]) -> str | None:
+    """Why a model's evaluation says it has learned nothing useful, or ``None``.
+
+    Args:
+        scores: :func:`compute_metrics` of its predictions, or the ``metrics.json`` stored from
+            it (``confusion_matrix``, ``macro_f1`` and ``classes`` are read).
+
+    Returns:
+        A sentence when :data:`DEGENERATE_SHARE` or more of its predictions are one class, or its
+        macro F1 is at or below :data:`CHANCE_MACRO_F1` (chance level); ``None`` otherwise, and
+        when the scores lack those fields.
+    """
+    matrix = scores.get("confusion_matrix")
+    names = list(scores.get("classes") or classes.CLASS_NAMES)
+    reasons = []
+    try:
+        predicted = np.asarray(matrix, dtype=float).sum(axis=0)
+    except (TypeError, ValueError):
+        predicted = np.zeros(0)
+    if predicted.ndim == 1 and len(predicted) == len(names) and predicted.sum() > 0:
+        top = int(predicted.argmax())
+        share = float(predicted[top] / predicted.sum())
+        if share >= DEGENERATE_SHARE:
+            reasons.append(f"it predicts {names[top]} for {share:.0%} of its {int(predicted.sum()):,} test images")
+    macro_f1 = scores.get("macro_f1")
+    if isinstance(macro_f1, (int, float)) and not isinstance(macro_f1, bool) and macro_f1 <= CHANCE_MACRO_F1:
+        reasons.append(f"its macro F1 is {macro_f1:.2f}, at chance level (at most {CHANCE_MACRO_F1:.2f})")
+    if not reasons:
+        return None
+    return "Degenerate model: " + " and ".join(reasons) + "; its answers say little about the image."
 
 
 def confusion_rates(matrix: Any) -> np.ndarray:
