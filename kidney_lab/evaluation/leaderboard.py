@@ -253,7 +253,7 @@ def _row(base: Path, record: runs.RunRecord, source: str, predictions: pd.DataFr
     row = _run_columns(record)
     row.update(
         {
-            "comparable_group": fileio.short_hash(*sorted(predictions["path"].astype(str)), length=8),
+            "comparable_group": store.images_key(predictions),
             "evaluated_on": source,
             "split": kind,
             "dataset_fingerprint": source if external else (stored.get("fingerprint") or info.dataset_fingerprint),
