@@ -195,9 +195,11 @@ def measure_faithfulness(records: Sequence[runs.RunRecord], max_images: int) -> 
 
     The pointing game of :data:`FAITHFULNESS_METHODS` (with the random-weights check) is what the
     Compare page's caption and its choice of method read; the deletion and insertion curves are
-    left out (they cost most of the time). Measured on two cores with 24 test phantoms at 96 px:
-    about 10 s (MobileNetV2) to 50 s (InceptionV3) per model in its own process, TensorFlow's
-    start included. A run that cannot be scored is reported on stderr and skipped.
+    left out (they cost most of the time). Measured on two shared cores with the 24 test phantoms
+    of ``demo --per-class 40``: 13 s (ViT), 37 s (EfficientNetB0) and 57 s (ResNet50) in the
+    demo's process, about 30 s (MobileNetV2) and 60 s (InceptionV3) as ``explain-eval`` with
+    TensorFlow's start: two to three minutes for the five models. A run that cannot be scored is
+    reported on stderr and skipped.
 
     Returns:
         The faithfulness files written.
