@@ -45,6 +45,10 @@ SCORES = {
     "pointing_game": ("pointing game", "Share of lesion images whose Grad-CAM maximum lies in the lesion (phantoms)."),
     "energy_in_mask": ("energy in mask", "Share of the Grad-CAM map's energy inside the lesion mask (phantoms)."),
 }
+# The columns shown until "All columns" is on: what fits a laptop's width (flag only when a row has one).
+# The group line above the table gives each group's split and images.
+MAIN_COLUMNS = ("group", "rank", "model", "flag", "dataset", "accuracy", "macro_f1", "resampled", "folds macro F1",
+                "p vs best")
 INTERVALS = {"accuracy": ("accuracy_ci_low", "accuracy_ci_high"), "macro_f1": ("macro_f1_ci_low", "macro_f1_ci_high")}
 
 
@@ -382,13 +386,21 @@ def draw_table(table: pd.DataFrame, labels: dict[str, str]) -> None:
         if rows:
             st.session_state["leaderboard_row"] = keys[rows[0]]
 
+    every = st.toggle("All columns", key="leaderboard_all_columns",
+                      help="Off: the columns that fit the page. On: every column (the table scrolls sideways).")
+    order = list(shown.columns) if every else [column for column in MAIN_COLUMNS if column in shown.columns
+                                                 and (column != "flag" or (shown["flag"] != "").any())]
     st.dataframe(
         highlighted(shown, table), hide_index=True, column_config=column_config(), key="leaderboard_table",
-        on_select=picked, selection_mode="single-row", placeholder="–",
+        on_select=picked, selection_mode="single-row", placeholder="–", column_order=order, width="stretch",
     )
     caption, download = st.columns([4, 1], vertical_alignment="center")
+    hidden = len(shown.columns) - len(order)
     caption.caption("Click a column to sort; green marks the best value of a score within its group (only groups of "
-                    "two or more rows). Select a row for its actions below.")
+                    "two or more rows). Select a row for its actions below."
+                    + (f" {hidden} more columns (split, images, test, calibration, faithfulness, speed, training, run) "
+                       "with *All columns*."
+                       if hidden else " Scroll the table sideways for every column."))
     download.download_button(
         "Download CSV", table.to_csv(index=False).encode("utf-8"), file_name="kidney_lab_leaderboard.csv",
         mime="text/csv", icon=":material/download:", help="Every column of the rows shown, unformatted.",
