@@ -380,7 +380,7 @@ def _ensemble_row(base: Path, folder: Path, recipe: dict[str, Any], predictions:
     params = [info.parameters for info in infos if info.parameters is not None]
     seconds = [info.train_seconds for info in infos if info.train_seconds is not None]
     return {
-        "comparable_group": fileio.short_hash(*sorted(predictions["path"].astype(str)), length=8),
+        "comparable_group": store.images_key(predictions),
         "run_id": _cv_row_id(base, folder),
         "model": study_ensemble.ENSEMBLE_MODEL,
         "display_name": study_ensemble.display_name(len(members)),
