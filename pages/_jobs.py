@@ -193,6 +193,10 @@ def draw_run(
         st.progress(run_fraction(record), text=f"**{name}**: continued by a later job that resumed this study")
         return
     st.progress(run_fraction(record), text=f"**{name}**: {run_line(record)}")
+    if record.state == runs_module.COMPLETED:
+        reason = degenerate_reason(record)
+        if reason:
+            st.warning(f"**{name}**: {reason}", icon=":material/report:")
     if record.state == runs_module.FAILED:
         tail = record.status.get("log_tail") or runs_module.read_log_tail(record.path / runs_module.LOG_FILE)
         if tail:
@@ -204,6 +208,18 @@ def draw_run(
             kept = record.info.best_epoch if record.state == runs_module.COMPLETED else None
             draw_curves(_caches.history_rows(str(history), history.stat().st_mtime_ns), key=key or record.run_id,
                         kept_epoch=kept if isinstance(kept, int) else None)
+
+
+def degenerate_reason(record: runs_module.RunRecord) -> str | None:
+    """Why a completed run's stored test metrics say it learned nothing useful
+    (:func:`kidney_lab.evaluation.metrics.degenerate`), or None."""
+    stored = _caches.read_metrics(record.path)
+    if not stored:
+        return None
+    # The scoring module (and scikit-learn) loads only when a finished run is drawn.
+    from kidney_lab.evaluation import metrics
+
+    return metrics.degenerate(stored)
 
 
 def draw_curves(rows: list[dict[str, Any]], key: str, kept_epoch: int | None = None) -> None:

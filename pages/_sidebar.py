@@ -14,6 +14,9 @@ from pages import _folders
 from pages import _jobs
 from pages import _navigation
 
+# Seconds between two looks for a new training job while none runs.
+IDLE_REFRESH_SECONDS = 10.0
+
 
 def sidebar() -> None:
     """The shared sidebar: workspace, dataset folder and the training jobs now running."""
@@ -34,11 +37,20 @@ def sidebar() -> None:
             if jobs_module.list_jobs(base, active_only=True):
                 _live_sidebar_jobs(base)
             else:
-                _sidebar_jobs(base)
+                _idle_sidebar_jobs(base)
 
 
 @st.fragment(run_every=_jobs.REFRESH_SECONDS * 2)
 def _live_sidebar_jobs(base: Path) -> None:
+    """The running jobs, redrawn every few seconds."""
+    with _navigation.shown_errors("reading the training jobs"):
+        _sidebar_jobs(base)
+
+
+@st.fragment(run_every=IDLE_REFRESH_SECONDS)
+def _idle_sidebar_jobs(base: Path) -> None:
+    """No job was running when the page was drawn: look again now and then, so a job started
+    since (from another page, tab or the command line) shows without a reload."""
     with _navigation.shown_errors("reading the training jobs"):
         _sidebar_jobs(base)
 

@@ -18,6 +18,13 @@ opacity slider or changing the colour map only re-blends cached heat maps, and c
 run recomputes that run alone. The page times itself, from the scan's bytes to the last
 overlay drawn, and says how long it took.
 
+Truth first. Above a scan's row come its content warnings (:func:`kidney_lab.data.content.check_scan`:
+not CT, odd rescale, colour, constant, noise); before each model's class come its caveats
+(:func:`kidney_lab.explain.compare.trust`), an out-of-distribution flag as an error; the headline
+(:func:`kidney_lab.explain.compare.agreement`) never counts a flagged model. The method the page
+opens with is the one whose maps point at the lesion most often on the shown runs' test phantoms
+(:func:`kidney_lab.explain.compare.default_method`).
+
 Honesty. Every number drawn is the model's own output for this scan; a scan the reader rejects
 shows its message and the other scans still work; a run that cannot be loaded is reported in
 its own slot; models trained on synthetic phantoms are called so; agreement is never presented
@@ -58,6 +65,8 @@ SAMPLES_PER_CLASS = 8
 # Explanations kept by the page's cache (each holds one heat map at the scan's size).
 CACHED_EXPLANATIONS = 120
 OPACITY_STEP = 0.05
+# What a model whose out-of-distribution detector flags the scan shows before its class.
+OUT_OF_DISTRIBUTION = "Out of distribution — not a kidney CT like its training data"
 UPLOAD_HELP = ("PNG, JPEG, TIFF or DICOM. The format is found from the file's contents, so DICOM "
                "files without an extension work. Files stay in memory and are never saved.")
 
@@ -70,11 +79,13 @@ class ScanInput:
         name: the upload's file name or the sample's label (for titles and messages only).
         data: the file's bytes.
         source: ``"upload"`` or the sample's source.
+        path: the sample's file (None for an upload), so the library can tell a phantom.
     """
 
     name: str
     data: bytes
     source: str
+    path: str | None = None
 
     @property
     def digest(self) -> str:
@@ -140,7 +151,7 @@ def main() -> None:
     from kidney_lab.models import registry
 
     chosen = choose_runs(completed, registry.MODEL_NAMES)
-    settings = choose_settings()
+    settings = choose_settings(compare.default_method([record.path for record in chosen.values() if record is not None]))
     items, window = gather_scans(base)
     if not items:
         st.info("Upload one or more scans above, or pick a sample image, to compare the models on it.",
@@ -181,7 +192,8 @@ def choose_runs(completed: list[runs.RunRecord], model_names: tuple[str, ...]) -
     missing = [model for model, record in defaults.items() if record is None]
     label = "Models: the run of each architecture"
     if not missing:
-        label += " (the newest study)"
+        label += " (the newest study, completed by older runs)" if len(
+            {record.study_id for record in defaults.values()}) > 1 else " (the newest study)"
     with st.expander(label, expanded=bool(missing)):
         columns = st.columns(len(model_names))
         chosen: dict[str, runs.RunRecord | None] = {}
@@ -233,17 +245,22 @@ def run_label(record: runs.RunRecord) -> str:
 # Settings and scans ---------------------------------------------------------------------------
 
 
-def choose_settings() -> Settings:
-    """The method, target class, opacity and colour map controls."""
+def choose_settings(default_method: str = compare.DEFAULT_METHOD) -> Settings:
+    """The method, target class, opacity and colour map controls; the method starts at
+    ``default_method`` (:func:`kidney_lab.explain.compare.default_method` of the runs shown)."""
     from kidney_lab import explain
     from kidney_lab.explain import cam, render
 
     method_column, target_column, opacity_column, colour_column = st.columns([4, 2.2, 2, 1.2])
     methods = [cam.get_method(name) for name in cam.method_names()]
+    names = [chosen.name for chosen in methods]
+    opening = default_method if default_method in names else compare.DEFAULT_METHOD
     method = method_column.segmented_control(
-        "Method", [chosen.name for chosen in methods], default=compare.DEFAULT_METHOD, required=True, key="compare-method",
+        "Method", names, default=opening, required=True, key="compare-method",
         format_func=lambda name: cam.get_method(name).display_name,
-        help="\n\n".join(f"{chosen.display_name}: {chosen.help}" for chosen in methods),
+        help="\n\n".join(f"{chosen.display_name}: {chosen.help}" for chosen in methods)
+        + f"\n\nThe page opens with {cam.get_method(opening).display_name}: of the methods measured on these runs' "
+          "test phantoms (explain-eval), the one whose maps point at the lesion most often.",
     )
     chosen = cam.get_method(method or compare.DEFAULT_METHOD)
     # A method whose map is the same for every class has no class to choose.
@@ -282,7 +299,7 @@ def gather_scans(base: Path) -> tuple[list[ScanInput], str | None]:
                                     help="A few images of each class from the demo phantoms and the dataset folder.")
             for label in picked:
                 with common.shown_errors(f"reading the sample {label}"):
-                    items.append(ScanInput(label, Path(samples[label]).read_bytes(), "sample"))
+                    items.append(ScanInput(label, Path(samples[label]).read_bytes(), "sample", samples[label]))
         else:
             st.caption("No sample images: choose a dataset on the Dataset page or build the demo study.")
     if any(scan_module.sniff_content(item.data) == "dicom" or item.name.lower().endswith((".dcm", ".dicom"))
@@ -354,6 +371,45 @@ def read_upload(digest: str, _data: bytes, name: str, window: str | None) -> sca
     return scan_module.read_scan(_data, window=window, name=name)
 
 
+@st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
+def content_warnings(scan_key: tuple[str, str | None], _scan: scan_module.Scan) -> list[dict[str, str]]:
+    """:func:`kidney_lab.data.content.check_scan` of a scan (``scan_key`` is its key): the signs
+    that it is not a grey axial CT slice, found before any model runs."""
+    from kidney_lab.data import content
+
+    return content.check_scan(_scan)
+
+
+def scan_is_phantom(item: ScanInput) -> bool | None:
+    """Whether the library knows the scan for a kidney_lab phantom (only a sample's file says;
+    None for an upload)."""
+    known = getattr(compare, "is_phantom_scan", None)
+    return None if item.path is None or known is None else known(item.path)
+
+
+def caveats_of(result: Explanation, is_phantom: bool | None) -> list[str]:
+    """What must be read before a model's class: :func:`kidney_lab.explain.compare.trust`, the
+    one place that decides it."""
+    trust = getattr(compare, "trust", None)
+    if trust is not None:
+        return list(trust(result, is_phantom))
+    found = getattr(result, "ood", None)
+    flagged = bool(found and found.get("flagged"))
+    return [f"out of distribution (score {found['score']:.2f} > threshold {found['threshold']:.2f})"] if flagged else []
+
+
+def draw_caveats(result: Explanation, is_phantom: bool | None) -> None:
+    """The model's caveats, before its class: an out-of-distribution flag as an error, others as
+    a warning."""
+    caveats = caveats_of(result, is_phantom)
+    details = "\n".join(f"- {caveat}" for caveat in caveats)
+    found = getattr(result, "ood", None)
+    if found and found.get("flagged"):
+        st.error(f"**{OUT_OF_DISTRIBUTION}**\n\n{details}", icon=":material/block:")
+    elif caveats:
+        st.warning(details, icon=":material/warning:")
+
+
 @st.cache_data(max_entries=CACHED_EXPLANATIONS, ttl=3600, show_spinner=False)
 def explanation(scan_key: tuple[str, str | None], _scan: scan_module.Scan, run_key: tuple[str, int, int],
                 method: str, target: str | None) -> Explanation:
@@ -390,6 +446,9 @@ def draw_scan(item: ScanInput, window: str | None, chosen: dict[str, runs.RunRec
             return None
         st.markdown(f"**{item.name}**")
         st.caption(scan_caption(scan))
+        for warning in content_warnings((item.digest, window), scan):
+            st.warning(f"**Not like a kidney CT slice**: {warning['message']}", icon=":material/warning:")
+        is_phantom = scan_is_phantom(item)
         row = ScanRow(item, scan, [], {})
         columns = st.columns(2 + len(chosen))  # The scan, one column per architecture, the ensemble.
         with columns[0]:
@@ -419,6 +478,7 @@ def draw_scan(item: ScanInput, window: str | None, chosen: dict[str, runs.RunRec
                 finally:
                     row.explaining += time.perf_counter() - asked
                 row.results.append(result)
+                draw_caveats(result, is_phantom)
                 st.caption(result_caption(result))
                 st.image(explain.overlay(scan, result.heatmap, settings.opacity, settings.colormap), width="stretch")
                 if not result.raw_max > result.raw_min:

@@ -27,6 +27,7 @@ import streamlit as st
 from kidney_lab import runs
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.evaluation import metrics
+from kidney_lab.evaluation import operating_points
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
 from kidney_lab.training import jobs
@@ -270,6 +271,8 @@ def one_run(catalogue: dict[str, dict[str, Any]]) -> None:
         draw_per_class_bars(scores)
     with common.shown_errors("drawing the per-class metrics"):
         draw_per_class_table(scores)
+    with common.shown_errors("choosing an operating point"):
+        draw_operating_point(record.path, source, scores)
     with common.shown_errors("drawing the series-level results"):
         draw_series(scores)
     with common.shown_errors("drawing the ROC and precision-recall curves"):
@@ -366,6 +369,10 @@ def draw_summary(evaluation: dict[str, Any], scores: dict[str, Any], stored: dic
     cells[4].metric("Macro ROC AUC", "n/a" if auc is None else f"{auc:.3f}",
                     help="One-vs-rest, averaged over the classes where it is defined.")
     cells[5].metric("ECE", f"{scores['ece']:.3f}", help="Expected calibration error (10 bins); 0 is perfectly calibrated.")
+    degenerate = metrics.degenerate(scores)
+    if degenerate:
+        st.warning(degenerate + " Train it longer or with other settings before comparing it with others.",
+                   icon=":material/report:")
     duplicates = stored.get("test_with_duplicate_in_train")
     if evaluation["source"] == runs.TEST_SOURCE:
         what = (f"the test split of a **{evaluation.get('kind') or 'unknown'}** split"
@@ -457,6 +464,75 @@ def draw_per_class_table(scores: dict[str, Any]) -> None:
         "average_precision": st.column_config.NumberColumn("average precision", **score, help="One-vs-rest."),
         "support": st.column_config.NumberColumn("images", format="localized"),
     }, placeholder="undefined")
+
+
+@st.cache_data(max_entries=64, ttl=3600, show_spinner="Scoring the operating point ...")
+def operating_of(path: str, source: str, mtimes: tuple[int, int], class_name: str, target: float,
+                 prevalence: float) -> dict[str, Any]:
+    """:func:`operating_points.operating_point` of one evaluation; ``mtimes`` (of the validation and
+    the evaluated predictions) is part of the cache key only."""
+    return operating_points.operating_point(path, class_name, target, prevalence, source)
+
+
+def draw_operating_point(path: Path, source: str, scores: dict[str, Any]) -> None:
+    """A class, a target sensitivity and a prevalence: the threshold chosen on the run's validation
+    predictions, and the test sensitivity, specificity, PPV and NPV at it, with intervals."""
+    st.subheader("Operating point")
+    st.caption("One class against the rest on its probability: the threshold is chosen on the run's **validation** "
+               "images (the highest one whose validation sensitivity reaches the target), then scored on these images, "
+               "which never move it. PPV and NPV follow from sensitivity and specificity at the prevalence you set "
+               "(Bayes' rule): the share of the class in the clinic is rarely the test set's.")
+    validation = runs.validation_predictions_path(path)
+    if not validation.is_file():
+        st.info(f"This run has no validation predictions ({validation.name}), so no threshold can be chosen on "
+                f"validation: {operating_points.FIT_HINT.replace('RUN', f'`{path}`')}.", icon=":material/tune:")
+        return
+    names = list(scores["classes"])
+    class_box, target_box, prevalence_box = st.columns([2, 3, 2], vertical_alignment="bottom")
+    class_name = class_box.selectbox("Class", names, index=names.index(operating_points.DEFAULT_CLASS),
+                                     key="evaluation_operating_class")
+    target = target_box.slider("Target sensitivity (on validation)", 0.50, 1.00,
+                               operating_points.DEFAULT_TARGET_SENSITIVITY, 0.01, key="evaluation_operating_target",
+                               help="The share of this class's validation images the threshold must catch.")
+    support = scores["per_class"][class_name]["support"]
+    share = min(max(support / scores["images"] * 100, 0.1), 99.9)
+    prevalence = prevalence_box.number_input(
+        "Prevalence (%)", 0.1, 99.9, round(share, 1), 0.5, format="%.1f", key=f"evaluation_prevalence_{class_name}",
+        help="The share of this class among the scans where the model would be used; starts at its share here.")
+    result = operating_of(str(path), source, (validation.stat().st_mtime_ns, stamp(path, source)), class_name,
+                          float(target), float(prevalence) / 100)
+    test, chosen = result["test"], result["validation"]
+    intervals = test["intervals"]
+
+    def value(number: float | None) -> str:
+        return "undefined" if number is None else f"{number:.3f}"
+
+    def interval(key: str) -> str:
+        bounds = intervals[key]
+        return "undefined" if bounds is None else f"{bounds[0]:.3f}–{bounds[1]:.3f}"
+
+    at = f"at prevalence {prevalence:.1f}%"
+    table = pd.DataFrame([
+        {"measure": "sensitivity", "validation": value(chosen["sensitivity"]), "here": value(test["sensitivity"]),
+         "95% CI": interval("sensitivity")},
+        {"measure": "specificity", "validation": value(chosen["specificity"]), "here": value(test["specificity"]),
+         "95% CI": interval("specificity")},
+        {"measure": f"PPV {at}", "validation": "", "here": value(test["ppv"]), "95% CI": interval("ppv")},
+        {"measure": f"NPV {at}", "validation": "", "here": value(test["npv"]), "95% CI": interval("npv")},
+    ])
+    numbers, words = st.columns([3, 2])
+    numbers.dataframe(table, hide_index=True, column_config={
+        "validation": st.column_config.TextColumn(help=f"On the run's {chosen['images']:,} validation images, where "
+                                                       "the threshold was chosen."),
+        "here": st.column_config.TextColumn("these images", help="On the evaluation shown above."),
+        "95% CI": st.column_config.TextColumn(help=f"Percentile bootstrap {stats.resampling_words(intervals)}."),
+    })
+    words.metric(f"Threshold on P({class_name})", f"{result['threshold']:.4f}",
+                 help="An image is called this class when the model's probability for it is at least this.")
+    words.caption(
+        f"Here: {test['true_positives']:,} of {test['positives']:,} {class_name} images found, "
+        f"{test['false_positives']:,} of {test['images'] - test['positives']:,} others called {class_name}. "
+        f"Intervals {stats.resampling_words(intervals)}: {intervals['reason']}.")
 
 
 def draw_series(scores: dict[str, Any]) -> None:
@@ -701,13 +777,23 @@ def two_runs(catalogue: dict[str, dict[str, Any]]) -> None:
     if len(ids) < 2:
         st.info("Only one run has been evaluated; train another to compare two.")
         return
+    if "evaluation_other" not in st.session_state:
+        # Opened without a link to a pair and before any B was picked: start on two runs that can be compared.
+        pairs = comparable_pairs(catalogue)
+        if not pairs:
+            st.info("No two runs here were evaluated on the same images, so none can be compared: runs of one study "
+                    "share their test split, and runs of different studies can be compared on a folder both were "
+                    "evaluated on (One run view, *Evaluate this run on another folder*).", icon=":material/compare_arrows:")
+            return
+        current = st.session_state.get("evaluation_run")
+        start = current if current in pairs else next(iter(pairs))
+        st.session_state["evaluation_run"], st.session_state["evaluation_other"] = start, pairs[start][0]
     first, second, source_box = st.columns([2, 2, 2])
     with first:
         run_a = pick("evaluation_run", "Run A", ids, format_func=lambda value: run_label(catalogue, value))
     others = [run_id for run_id in ids if run_id != run_a]
-    default = next((run_id for run_id in others if set(catalogue[run_id]["evaluations"]) & set(catalogue[run_a]["evaluations"])), others[0])
     if st.session_state.get("evaluation_other") not in others:
-        st.session_state["evaluation_other"] = default
+        st.session_state["evaluation_other"] = (comparable_pairs(catalogue).get(run_a) or others)[0]
     with second:
         run_b = st.selectbox("Run B", others, key="evaluation_other", format_func=lambda value: run_label(catalogue, value))
     evaluations_a, evaluations_b = catalogue[run_a]["evaluations"], catalogue[run_b]["evaluations"]
@@ -751,6 +837,27 @@ def two_runs(catalogue: dict[str, dict[str, Any]]) -> None:
         draw_difference(name_a, name_b, result)
     with common.shown_errors("drawing the per-class comparison"):
         draw_pair_per_class(name_a, name_b, scores_a, scores_b)
+
+
+def comparable_pairs(catalogue: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Run id -> the other runs (in catalogue order) with an evaluation of exactly the same images
+    under the same source (:func:`kidney_lab.evaluation.store.images_key`); runs without any are
+    left out. Damaged evaluations are skipped."""
+    keys: dict[str, set[tuple[str, str]]] = {}
+    for run_id, entry in catalogue.items():
+        path = entry["record"].path
+        for source in entry["evaluations"]:
+            try:
+                key = store.images_key(predictions_of(str(path), source, stamp(path, source)))
+            except (OSError, ValueError, KeyError, store.EvaluationError):
+                continue
+            keys.setdefault(run_id, set()).add((source, key))
+    pairs: dict[str, list[str]] = {}
+    for run_id, own in keys.items():
+        partners = [other for other in catalogue if other != run_id and own & keys.get(other, set())]
+        if partners:
+            pairs[run_id] = partners
+    return pairs
 
 
 def draw_pair_summary(name_a: str, name_b: str, scores_a: dict[str, Any], scores_b: dict[str, Any]) -> None:

@@ -15,6 +15,9 @@ from kidney_lab import runs
 from kidney_lab.training import jobs
 from pages import common
 
+# What a run's score cell shows when the run has no evaluation (cancelled, failed, still training).
+NOT_EVALUATED = "— (not evaluated)"
+
 
 def main() -> None:
     """Draw the Home page."""
@@ -63,7 +66,7 @@ def draw_state(base: Path) -> None:
     if records:
         st.markdown("**Runs**, newest first" + (f" (the 10 newest of {len(records)})" if len(records) > 10 else ""))
         st.dataframe(
-            run_table(records[:10]), hide_index=True,
+            run_table(records[:10]), hide_index=True, placeholder=NOT_EVALUATED,
             column_config={
                 "test accuracy": st.column_config.NumberColumn(
                     format="percent", help="From the run's metrics.json, computed from its stored predictions."),

@@ -45,6 +45,10 @@ SCORES = {
     "pointing_game": ("pointing game", "Share of lesion images whose Grad-CAM maximum lies in the lesion (phantoms)."),
     "energy_in_mask": ("energy in mask", "Share of the Grad-CAM map's energy inside the lesion mask (phantoms)."),
 }
+# The columns shown until "All columns" is on: what fits a laptop's width (flag only when a row has one).
+# The group line above the table gives each group's split and images.
+MAIN_COLUMNS = ("group", "rank", "model", "flag", "dataset", "accuracy", "macro_f1", "resampled", "folds macro F1",
+                "p vs best")
 INTERVALS = {"accuracy": ("accuracy_ci_low", "accuracy_ci_high"), "macro_f1": ("macro_f1_ci_low", "macro_f1_ci_high")}
 
 
@@ -86,6 +90,7 @@ def main() -> None:
     labels = group_labels(table)
     draw_groups(table, labels)
     draw_few_clusters(table, labels)
+    draw_degenerate(table, labels)
     draw_table(table, labels)
     with common.shown_errors("drawing the chart"):
         draw_chart(table, labels)
@@ -149,8 +154,11 @@ def filters(full: pd.DataFrame) -> tuple[str | None, str | None, str | None, boo
              "pooled out-of-fold predictions; random: image by image (leaks near-duplicates); external: a folder "
              "evaluated after training.",
     )
-    fingerprint = print_box.selectbox("Dataset fingerprint", [ALL, *prints], key="leaderboard_fingerprint",
-                                      help="The dataset the row was evaluated on, by the hash of its files.")
+    names = dict(zip(full["dataset_fingerprint"], full["dataset"]))
+    fingerprint = print_box.selectbox(
+        "Dataset", [ALL, *prints], key="leaderboard_fingerprint",
+        format_func=lambda value: value if value == ALL else f"{names.get(value) or value} · {value}",
+        help="The dataset the row was evaluated on, by name and the hash of its files (its fingerprint).")
     include_external = external_box.toggle("External folders", value=True, key="leaderboard_external",
                                            help="Rows of folders evaluated after training (not the run's own test split).")
     return (None if study == ALL else study, None if split == ALL else split,
@@ -189,9 +197,9 @@ def draw_groups(table: pd.DataFrame, labels: dict[str, str]) -> None:
     lines = []
     for group in groups:
         splits = ", ".join(group["splits"]) or "unknown split"
-        prints = ", ".join(f"`{value}`" for value in group["dataset_fingerprints"]) or "unknown dataset"
+        names = ", ".join(f"**{value}**" for value in group.get("datasets") or []) or "unknown dataset"
         lines.append(f"- **Group {labels.get(group['comparable_group'], '?')}**: {group['rows']} row(s) on the same "
-                     f"{group['images']:,} images ({splits}; dataset {prints})")
+                     f"{group['images']:,} images of {names} ({splits})")
     st.markdown("\n".join(lines))
     leaky = table[(table["split"] == "random") & (pd.to_numeric(table["test_with_duplicate_in_train"], errors="coerce") > 0)]
     if not leaky.empty:
@@ -221,6 +229,18 @@ def draw_few_clusters(table: pd.DataFrame, labels: dict[str, str]) -> None:
     )
 
 
+def draw_degenerate(table: pd.DataFrame, labels: dict[str, str]) -> None:
+    """A warning naming every row whose model predicts one class for nearly everything or scores
+    at chance (:func:`kidney_lab.evaluation.metrics.degenerate`)."""
+    flagged = table[table["degenerate"].notna()]
+    if flagged.empty:
+        return
+    lines = [f"- **{row.display_name or row.model}** ({where(row.split, row.evaluated_on)}, group "
+             f"{labels.get(row.comparable_group, '?')}): {row.degenerate}" for row in flagged.itertuples(index=False)]
+    st.warning(f"{len(flagged)} row(s) come from a model that has not learned the task: its rank says nothing about "
+             "which architecture is better.\n\n" + "\n".join(lines), icon=":material/report:")
+
+
 def where(split: str | None, source: str) -> str:
     """What a row was evaluated on, in words."""
     if split == cv.CV_KIND:
@@ -241,6 +261,8 @@ def display_table(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     shown["group"] = table["comparable_group"].map(labels)
     shown["rank"] = pd.to_numeric(table["rank"], errors="coerce")
     shown["model"] = table["display_name"].fillna(table["model"])
+    shown["flag"] = ["degenerate" if isinstance(reason, str) else "" for reason in table["degenerate"]]
+    shown["dataset"] = table["dataset"]
     shown["split"] = table["split"]
     shown["images"] = pd.to_numeric(table["images"], errors="coerce")
     shown["near-duplicates in train"] = pd.to_numeric(table["test_with_duplicate_in_train"], errors="coerce")
@@ -290,6 +312,12 @@ def column_config() -> dict[str, Any]:
         "rank": st.column_config.NumberColumn(help="Rank by macro F1, then accuracy, within the group only.",
                                               width="small", pinned=True),
         "model": st.column_config.TextColumn(pinned=True),
+        "flag": st.column_config.TextColumn(
+            width="small", help="degenerate: the model predicts one class for nearly every image or scores at chance "
+                                "(the warning above says which)."),
+        "dataset": st.column_config.TextColumn(
+            help="What the row was evaluated on: the demo phantoms, or the dataset folder's name and the start of its "
+                 "fingerprint."),
         "accuracy": st.column_config.TextColumn(
             "accuracy (95% CI)", help=SCORES["accuracy"][1] + " In brackets: percentile bootstrap, resampling what "
                                                             "the column *resampled* says."),
@@ -358,13 +386,21 @@ def draw_table(table: pd.DataFrame, labels: dict[str, str]) -> None:
         if rows:
             st.session_state["leaderboard_row"] = keys[rows[0]]
 
+    every = st.toggle("All columns", key="leaderboard_all_columns",
+                      help="Off: the columns that fit the page. On: every column (the table scrolls sideways).")
+    order = list(shown.columns) if every else [column for column in MAIN_COLUMNS if column in shown.columns
+                                                 and (column != "flag" or (shown["flag"] != "").any())]
     st.dataframe(
         highlighted(shown, table), hide_index=True, column_config=column_config(), key="leaderboard_table",
-        on_select=picked, selection_mode="single-row", placeholder="–",
+        on_select=picked, selection_mode="single-row", placeholder="–", column_order=order, width="stretch",
     )
     caption, download = st.columns([4, 1], vertical_alignment="center")
+    hidden = len(shown.columns) - len(order)
     caption.caption("Click a column to sort; green marks the best value of a score within its group (only groups of "
-                    "two or more rows). Select a row for its actions below.")
+                    "two or more rows). Select a row for its actions below."
+                    + (f" {hidden} more columns (split, images, test, calibration, faithfulness, speed, training, run) "
+                       "with *All columns*."
+                       if hidden else " Scroll the table sideways for every column."))
     download.download_button(
         "Download CSV", table.to_csv(index=False).encode("utf-8"), file_name="kidney_lab_leaderboard.csv",
         mime="text/csv", icon=":material/download:", help="Every column of the rows shown, unformatted.",

@@ -50,6 +50,7 @@ from kidney_lab import errors
 from kidney_lab import fileio
 from kidney_lab import runs
 from kidney_lab import workspace as workspace_module
+from kidney_lab.data import phantom
 from kidney_lab.evaluation import cv as cv_module
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import stats
@@ -64,10 +65,10 @@ FAITHFULNESS_METHOD = "gradcam"
 
 COLUMNS = (
     "comparable_group", "rank", "p_vs_best", "p_test", "mcnemar_p_vs_best", "compared_with", "run_id", "model",
-    "display_name", "study_id", "status", "members", "evaluated_on", "split", "dataset_fingerprint", "images",
+    "display_name", "study_id", "status", "members", "evaluated_on", "split", "dataset", "dataset_fingerprint", "images",
     "accuracy", "accuracy_ci_low", "accuracy_ci_high",
     "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high",
-    "interval_resampling", "clusters", "clusters_per_class", "few_clusters", "cluster_warning",
+    "interval_resampling", "clusters", "clusters_per_class", "few_clusters", "cluster_warning", "degenerate",
     "cv_id", "folds", "macro_f1_fold_mean", "macro_f1_fold_sd",
     "balanced_accuracy", "macro_auc", "ece", "loss", "test_with_duplicate_in_train",
     "weights", "image_size", "epochs", "train_seconds", "params", "model_bytes",
@@ -145,7 +146,7 @@ def leaderboard(
         for evaluation in evaluations:
             try:
                 table = store.load_predictions(record.path, evaluation["source"])
-                rows.append(_row(record, evaluation["source"], table))
+                rows.append(_row(base, record, evaluation["source"], table))
                 predictions[(record.run_id, evaluation["source"])] = table
             except (OSError, ValueError, KeyError, TypeError, errors.KidneyLabError) as error:
                 skipped.append(_skip(record.path, f"evaluation {evaluation['source']}: {error}"))
@@ -215,7 +216,32 @@ def best_in_group(table: pd.DataFrame, directions: dict[str, str] | None = None)
     return best
 
 
-def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict[str, Any]:
+def dataset_name(
+    folder: str | os.PathLike[str] | None, fingerprint: str | None, workspace: str | os.PathLike[str] | None = None
+) -> str | None:
+    """What a dataset is called on the pages: ``"phantoms (demo)"`` for the workspace's demo
+    phantoms, ``"phantoms (<folder>)"`` for another phantom set (kidney_lab's one answer,
+    :func:`kidney_lab.data.phantom.phantom_root`), else the folder's name and the first six
+    characters of its fingerprint, ``"ct-kidney-sample (3f9a1c)"``; the fingerprint alone
+    without a folder, ``None`` without either.
+
+    Args:
+        folder: the dataset folder (a run's ``data_root``, an evaluated folder).
+        fingerprint: its dataset fingerprint.
+        workspace: the workspace whose demo folder is "the demo" (default: the default one).
+    """
+    short = str(fingerprint)[:6] if fingerprint else None
+    root = phantom.phantom_root(folder)
+    if root is not None:
+        base = Path(workspace) if workspace is not None else workspace_module.default_workspace()
+        demo = (base / workspace_module.DEMO_DATA_FOLDER).resolve()
+        return "phantoms (demo)" if root == demo else f"phantoms ({root.name})"
+    if isinstance(folder, (str, os.PathLike)) and Path(folder).name:
+        return f"{Path(folder).name} ({short})" if short else Path(folder).name
+    return short
+
+
+def _row(base: Path, record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict[str, Any]:
     """The leaderboard row of one stored evaluation, scores recomputed from its predictions."""
     try:
         stored = store.load_metrics(record.path, source)
@@ -227,7 +253,7 @@ def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict
     row = _run_columns(record)
     row.update(
         {
-            "comparable_group": fileio.short_hash(*sorted(predictions["path"].astype(str)), length=8),
+            "comparable_group": store.images_key(predictions),
             "evaluated_on": source,
             "split": kind,
             "dataset_fingerprint": source if external else (stored.get("fingerprint") or info.dataset_fingerprint),
@@ -241,6 +267,7 @@ def _row(record: runs.RunRecord, source: str, predictions: pd.DataFrame) -> dict
             "ms_per_image_batch_32": stored.get("ms_per_image_batch_32"),
         }
     )
+    row["dataset"] = dataset_name(stored.get("data") if external else info.data_root, row["dataset_fingerprint"], base)
     # explain-eval stores the scores of an external folder next to that evaluation.
     row.update(_faithfulness(record.path, source, row["dataset_fingerprint"]))
     return row
@@ -263,6 +290,7 @@ def _score_columns(predictions: pd.DataFrame, split_kind: str | None) -> dict[st
         "clusters_per_class": scores["clusters_per_class"],
         "few_clusters": scores["few_clusters"],
         "cluster_warning": " ".join(stats.few_cluster_warnings(scores["clusters_per_class"])) or None,
+        "degenerate": metrics_module.degenerate(scores),
         "balanced_accuracy": scores["balanced_accuracy"],
         "macro_auc": scores["macro_roc_auc"],
         "ece": scores["ece"],
@@ -294,6 +322,7 @@ def _cv_columns(base: Path, folder: Path, summary: dict[str, Any]) -> dict[str, 
         except (KeyError, TypeError, runs.RunNotFoundError):
             continue
     first = infos[0] if infos else None
+    dataset = dataset_name(None if first is None else first.data_root, summary.get("dataset_fingerprint"), base)
     seconds = [info.train_seconds for info in infos if info.train_seconds is not None]
     done = sum(entry.get("status") == runs.COMPLETED for entry in fold_runs)
     return {
@@ -304,6 +333,7 @@ def _cv_columns(base: Path, folder: Path, summary: dict[str, Any]) -> dict[str, 
         "status": runs.COMPLETED if summary.get("complete") else f"{done} of {summary.get('folds')} folds done",
         "evaluated_on": CV_KIND,
         "split": CV_KIND,
+        "dataset": dataset,
         "dataset_fingerprint": summary.get("dataset_fingerprint"),
         "cv_id": summary.get("cv_id"),
         "folds": summary.get("folds"),
@@ -350,7 +380,7 @@ def _ensemble_row(base: Path, folder: Path, recipe: dict[str, Any], predictions:
     params = [info.parameters for info in infos if info.parameters is not None]
     seconds = [info.train_seconds for info in infos if info.train_seconds is not None]
     return {
-        "comparable_group": fileio.short_hash(*sorted(predictions["path"].astype(str)), length=8),
+        "comparable_group": store.images_key(predictions),
         "run_id": _cv_row_id(base, folder),
         "model": study_ensemble.ENSEMBLE_MODEL,
         "display_name": study_ensemble.display_name(len(members)),
@@ -359,6 +389,7 @@ def _ensemble_row(base: Path, folder: Path, recipe: dict[str, Any], predictions:
         "members": members,
         "evaluated_on": runs.TEST_SOURCE,
         "split": kind,
+        "dataset": dataset_name(infos[0].data_root if infos else None, stored.get("fingerprint"), base),
         "dataset_fingerprint": stored.get("fingerprint"),
         **_score_columns(predictions, kind),
         "test_with_duplicate_in_train": stored.get("test_with_duplicate_in_train"),
@@ -488,6 +519,7 @@ def _describe_groups(table: pd.DataFrame) -> list[dict[str, Any]]:
                 "images": int(members["images"].iloc[0]),
                 "splits": sorted(members["split"].dropna().unique().tolist()),
                 "dataset_fingerprints": sorted(members["dataset_fingerprint"].dropna().unique().tolist()),
+                "datasets": sorted(members["dataset"].dropna().unique().tolist()),
             }
         )
     return groups

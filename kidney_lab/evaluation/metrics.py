@@ -49,6 +49,11 @@ CALIBRATION_BINS = 10
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE_LEVEL = 0.95
+# A model is degenerate (flagged on the pages) when this share or more of its predictions is one
+# class, or when its macro F1 is at or below this (four classes: 0.25 is guessing, one class
+# for everything scores at most 0.2 against balanced labels).
+DEGENERATE_SHARE = 0.9
+CHANCE_MACRO_F1 = 0.30
 # Resampled rows counted at once by the bootstrap (bounds its memory to a few tens of MB).
 BOOTSTRAP_CHUNK_ROWS = 4_000_000
 
@@ -200,6 +205,38 @@ def compute_metrics(
     }
 
 
+def degenerate(scores: dict[str, Any]) -> str | None:
+    """Why a model's evaluation says it has learned nothing useful, or ``None``.
+
+    Args:
+        scores: :func:`compute_metrics` of its predictions, or the ``metrics.json`` stored from
+            it (``confusion_matrix``, ``macro_f1`` and ``classes`` are read).
+
+    Returns:
+        A sentence when :data:`DEGENERATE_SHARE` or more of its predictions are one class, or its
+        macro F1 is at or below :data:`CHANCE_MACRO_F1` (chance level); ``None`` otherwise, and
+        when the scores lack those fields.
+    """
+    matrix = scores.get("confusion_matrix")
+    names = list(scores.get("classes") or classes.CLASS_NAMES)
+    reasons = []
+    try:
+        predicted = np.asarray(matrix, dtype=float).sum(axis=0)
+    except (TypeError, ValueError):
+        predicted = np.zeros(0)
+    if predicted.ndim == 1 and len(predicted) == len(names) and predicted.sum() > 0:
+        top = int(predicted.argmax())
+        share = float(predicted[top] / predicted.sum())
+        if share >= DEGENERATE_SHARE:
+            reasons.append(f"it predicts {names[top]} for {share:.0%} of its {int(predicted.sum()):,} test images")
+    macro_f1 = scores.get("macro_f1")
+    if isinstance(macro_f1, (int, float)) and not isinstance(macro_f1, bool) and macro_f1 <= CHANCE_MACRO_F1:
+        reasons.append(f"its macro F1 is {macro_f1:.2f}, at chance level (at most {CHANCE_MACRO_F1:.2f})")
+    if not reasons:
+        return None
+    return "Degenerate model: " + " and ".join(reasons) + "; its answers say little about the image."
+
+
 def confusion_rates(matrix: Any) -> np.ndarray:
     """A confusion matrix with each row divided by its total (rows true, columns predicted).
 
@@ -308,23 +345,55 @@ def unit_confusions(table: pd.DataFrame, units: Any) -> np.ndarray:
     """
     count = len(classes.CLASS_NAMES)
     codes = _class_indices(table["true_label"]) * count + _class_indices(table["predicted_label"])
+    return unit_counts(units, codes, count * count)
+
+
+def unit_counts(units: Any, codes: Any, cells: int) -> np.ndarray:
+    """How many rows of each resampling unit fall in each cell.
+
+    Args:
+        units: one unit key per row; units are ordered by their keys as text.
+        codes: one cell index per row, in ``[0, cells)`` (a confusion cell, say).
+        cells: the number of cells.
+
+    Returns:
+        An integer array of shape ``(units, cells)``.
+    """
     _, which = np.unique(np.asarray(units).astype(str), return_inverse=True)
     which = which.reshape(-1)
-    cells = np.zeros((int(which.max()) + 1 if len(which) else 0, count * count), dtype=np.int64)
-    np.add.at(cells, (which, codes), 1)
-    return cells
+    counts = np.zeros((int(which.max()) + 1 if len(which) else 0, cells), dtype=np.int64)
+    np.add.at(counts, (which, np.asarray(codes, dtype=np.int64)), 1)
+    return counts
 
 
 def resampled_scores(unit_cells: np.ndarray, *, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy and macro F1 of bootstrap resamples of units (see :func:`unit_confusions`).
 
-    Each resample draws as many units as there are, with replacement, from a NumPy generator
-    seeded with ``seed``, and sums their confusion counts. ``unit_cells`` may stack several
-    models' counts of the same units, ``(models, units, cells)``: every model then gets the same
-    draws, as a paired bootstrap needs.
+    Each resample draws as many units as there are, with replacement (see
+    :func:`resampled_counts`). ``unit_cells`` may stack several models' counts of the same
+    units, ``(models, units, cells)``: every model then gets the same draws, as a paired
+    bootstrap needs.
 
     Returns:
         ``(accuracy, macro_f1)``, each of shape ``(resamples,)``, or ``(models, resamples)``.
+
+    Raises:
+        PredictionsError: ``resamples`` below 1.
+    """
+    return scores_of_confusions(resampled_counts(unit_cells, resamples=resamples, seed=seed))
+
+
+def resampled_counts(unit_cells: np.ndarray, *, resamples: int, seed: int) -> np.ndarray:
+    """The summed cell counts of bootstrap resamples of units: the one bootstrap kernel.
+
+    Each resample draws as many units as there are, with replacement, from a NumPy generator
+    seeded with ``seed``, and sums their counts (a unit drawn twice counts twice). The cells can
+    be a confusion matrix's (:func:`unit_confusions`) or any other counts of the units' rows
+    (:func:`unit_counts`). ``unit_cells`` may stack several models' counts of the same units,
+    ``(models, units, cells)``: every model then gets the same draws.
+
+    Returns:
+        An integer array ``(resamples, cells)``, or ``(models, resamples, cells)``.
 
     Raises:
         PredictionsError: ``resamples`` below 1.
@@ -335,18 +404,14 @@ def resampled_scores(unit_cells: np.ndarray, *, resamples: int, seed: int) -> tu
     models, units, cells = stacked.shape
     rng = np.random.default_rng(seed)
     chunk = max(1, BOOTSTRAP_CHUNK_ROWS // units)
-    accuracy = np.empty((models, resamples))
-    macro_f1 = np.empty((models, resamples))
+    sums = np.empty((models, resamples, cells), dtype=np.int64)
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
         drawn = rng.integers(0, units, size=(size, units))
         offsets = np.arange(size)[:, None] * units
         multiplicity = np.bincount((drawn + offsets).ravel(), minlength=size * units).reshape(size, units)
-        matrices = np.einsum("su,muc->msc", multiplicity, stacked)
-        accuracy[:, start:start + size], macro_f1[:, start:start + size] = scores_of_confusions(matrices)
-    if np.ndim(unit_cells) == 2:
-        return accuracy[0], macro_f1[0]
-    return accuracy, macro_f1
+        sums[:, start:start + size] = np.einsum("su,muc->msc", multiplicity, stacked)
+    return sums[0] if np.ndim(unit_cells) == 2 else sums
 
 
 def scores_of_confusions(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -81,6 +81,13 @@ def load_predictions(run_dir: str | os.PathLike[str], source: str = runs.TEST_SO
     return read_predictions(path)
 
 
+def images_key(table: pd.DataFrame) -> str:
+    """A short hash of the sorted image paths of a predictions table: two evaluations with the
+    same key hold exactly the same images, so they can be compared row by row (the
+    leaderboard's comparable group, the Evaluation page's pairs)."""
+    return fileio.short_hash(*sorted(table["path"].astype(str)), length=8)
+
+
 def load_metrics(run_dir: str | os.PathLike[str], source: str = runs.TEST_SOURCE) -> dict[str, Any]:
     """The stored ``metrics.json`` of one evaluation of a run.
 

@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 
 RunRef = str | os.PathLike
 # Which runs the Compare page uses when nobody chose (see default_runs), in words.
-DEFAULT_RUNS_RULE = "the latest completed run of each architecture in the newest study"
-# The explanation method the Compare page opens with (and the app warms up).
+DEFAULT_RUNS_RULE = ("each architecture's latest completed run in the newest study; an architecture that study lacks "
+                     "gets its own latest completed run from an older study")
+# The explanation method the Compare page opens with (and the app warms up) when no stored
+# faithfulness says which method points best (see default_method).
 DEFAULT_METHOD = "gradcam"
 
 
@@ -168,19 +170,60 @@ def default_runs(
 ) -> dict[str, runs_module.RunRecord | None]:
     """The runs compared when nobody chose: :data:`DEFAULT_RUNS_RULE`.
 
+    Training one new model must not drop the others from the page: the newest study's runs are
+    kept, and every architecture it lacks is filled with that architecture's newest run.
+
     Args:
         completed: usable runs, newest first (see :func:`usable_runs`); the newest study is
             the one of the first run.
         model_names: the architectures, in the order to show them (registry names).
 
     Returns:
-        Registry name -> that architecture's newest run in the newest study, or ``None`` where
-        the study has none (other studies' runs are never mixed in by default).
+        Registry name -> that architecture's newest run in the newest study, else its newest
+        run of any study, or ``None`` where it has no usable run at all.
     """
     study = next((record.study_id for record in completed), None)
-    return {model: next((record for record in completed
-                         if record.model == model and record.study_id == study), None)
-            for model in model_names}
+    chosen = {}
+    for model in model_names:
+        own = [record for record in completed if record.model == model]
+        chosen[model] = next((record for record in own if record.study_id == study), next(iter(own), None))
+    return chosen
+
+
+def default_method(run_dirs: Sequence[RunRef]) -> str:
+    """The explanation method the Compare page opens with: the one whose heat maps point at the
+    lesion most often on these runs' test phantoms (the mean pointing game of their stored
+    ``faithfulness.json``, :func:`kidney_lab.runs.read_faithfulness`), among the methods measured
+    on every run that has such a file; :data:`DEFAULT_METHOD` when none was measured, or on a tie
+    with it.
+
+    Args:
+        run_dirs: the run folders shown (those of :func:`default_runs`).
+    """
+    measured: list[dict[str, float]] = []
+    for run_dir in run_dirs:
+        try:
+            payload = runs_module.read_faithfulness(run_dir)
+        except errors.KidneyLabError:
+            continue
+        scores = {
+            method: float(values["pointing_game"])
+            for method, values in ((payload or {}).get("methods") or {}).items()
+            if isinstance(method, str) and isinstance(values, dict)
+            and isinstance(values.get("pointing_game"), (int, float)) and not isinstance(values["pointing_game"], bool)
+        }
+        if scores:
+            measured.append(scores)
+    if not measured:
+        return DEFAULT_METHOD
+    common = set.intersection(*(set(scores) for scores in measured))
+    means = {method: sum(scores[method] for scores in measured) / len(measured) for method in common}
+    if not means:
+        return DEFAULT_METHOD
+    best = max(means.values())
+    if means.get(DEFAULT_METHOD) == best:
+        return DEFAULT_METHOD
+    return min(method for method, value in means.items() if value == best)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,7 +65,8 @@ def default_run_folders(workspace: str | os.PathLike[str]) -> list[Path]:
 
 
 def warm_up(workspace: str | os.PathLike[str], method: str | None = None) -> WarmUp:
-    """Load the Compare page's default runs and trace their compiled passes for ``method``.
+    """Load the Compare page's default runs and trace their compiled passes for ``method``
+    (default: the method the page opens with, :func:`kidney_lab.explain.compare.default_method`).
 
     Each model explains one blank image, so the page's first real scan finds the explainer
     cached and traced. A run that cannot be loaded is reported in :attr:`WarmUp.errors`, the
@@ -83,7 +84,7 @@ def warm_up(workspace: str | os.PathLike[str], method: str | None = None) -> War
     from kidney_lab.explain import compare
 
     report = compare.explain(folders, np.zeros((BLANK_SIDE, BLANK_SIDE), np.uint8),
-                             method=method or compare.DEFAULT_METHOD)
+                             method=method or compare.default_method(folders))
     return WarmUp([result.run_id for result in report.results], list(report.errors),
                   time.perf_counter() - started)
 
@@ -127,8 +128,8 @@ def _warm_up_new_runs(workspace: str | os.PathLike[str], method: str | None) -> 
     try:
         from kidney_lab.explain import compare
 
-        method = method or compare.DEFAULT_METHOD
         folders = default_run_folders(workspace)
+        method = method or compare.default_method(folders)
         key = (method, *map(str, folders))
         if not folders or key in _warmed:
             return

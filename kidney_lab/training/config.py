@@ -283,6 +283,10 @@ class DemoSettings:
         epochs: epochs of every model; None uses each model's ``demo_epochs`` in the registry.
         parallel: train each demo lane of the registry (``ModelSpec.demo_lane``) in its own
             process, all at once (off: one after the other in this process).
+        faithfulness_images: after training, how many of each model's test phantoms its heat maps
+            are scored on (:func:`kidney_lab.demo.measure_faithfulness`: the pointing game of
+            the gradient methods, as ``explain-eval --no-curves`` stores it), so every demo run
+            has its faithfulness caption on the Compare page; 0 skips it.
         field_of_view: ``"kidneys"`` (lesions large enough to learn in a minute) or
             ``"abdomen"``.
         batch_size: images per training step; small batches mean more steps per image, which
@@ -304,6 +308,7 @@ class DemoSettings:
     parallel: bool = _option(
         True, flag="--one-process", kind="off-flag",
         help="train the models one after the other in this process (default: each demo lane in its own process, at once)")
+    faithfulness_images: int = 40
     field_of_view: str = "kidneys"
     batch_size: int = 16
     learning_rate: float | None = None

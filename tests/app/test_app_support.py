@@ -118,3 +118,33 @@ def test_job_kinds_and_details_are_checked(tmp_path):
     wait_for(lambda: not jobs.read_job(job.job_id, tmp_path).is_active, 30, "the job's end")
     record = jobs.read_job(job.job_id, tmp_path)
     assert (record.kind, record.models, record.state) == ("train", ["vit"], jobs.FINISHED)
+
+
+def test_the_demo_scores_each_completed_runs_heat_maps_once(tmp_path, monkeypatch):
+    from kidney_lab import fileio
+    from kidney_lab.explain import faithfulness
+
+    calls = []
+
+    def fake_scores(run_dir, data, methods, max_images, **options):
+        calls.append((Path(run_dir).name, tuple(methods), max_images, options))
+        if "resnet50" in Path(run_dir).name:
+            raise RuntimeError("out of memory")
+        path = runs.faithfulness_path(run_dir)
+        fileio.atomic_write_json(path, {"methods": {method: {"pointing_game": 0.5} for method in methods}})
+        return {"path": str(path)}
+
+    monkeypatch.setattr(faithfulness, "evaluate_faithfulness", fake_scores)
+    made = {}
+    for name, state in (("vit", runs.COMPLETED), ("resnet50", runs.COMPLETED), ("mobilenetv2", runs.CANCELLED)):
+        made[name] = runs.create_run(tmp_path, runs.new_run_id(name), {"model": name})
+        runs.mark_finished(made[name], state)
+    records = [runs.read_run(folder) for folder in made.values()]
+    written = demo.measure_faithfulness(records, 40)
+    # The cancelled run is not scored; one model's failure does not stop the others.
+    assert [path.parent.name for path in written] == [made["vit"].name]
+    assert [call[0] for call in calls] == [made["vit"].name, made["resnet50"].name]
+    assert calls[0][1:3] == (demo.FAITHFULNESS_METHODS, 40) and calls[0][3]["curves"] is False
+    # Measured once: a second call (a resumed demo) tries only what has no scores; 0 images: nothing.
+    assert demo.measure_faithfulness(records, 40) == [] and [call[0] for call in calls[2:]] == [made["resnet50"].name]
+    assert demo.measure_faithfulness(records, 0) == [] and len(calls) == 3

@@ -96,3 +96,36 @@ def test_compare_page_explains_an_uploaded_scan(browser, app_server, screenshots
         screenshots(page, "tiny-study-compare")
     finally:
         page.close()
+
+
+@pytest.mark.slow
+def test_compare_page_warns_about_a_noise_image(browser, app_server, screenshots, tiny_study, tmp_path):
+    """Pure noise is not a CT slice: its content warning shows above the row, and every model
+    whose run has an out-of-distribution detector says so before its class."""
+    import numpy as np
+    from PIL import Image
+
+    from kidney_lab import runs
+
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (128, 128), dtype=np.uint8)).save(noise)
+    url = app_server(tiny_study.workspace, data=tiny_study.data)
+    page = open_page(browser, f"{url}/compare")
+    try:
+        check_page(page, "Compare")
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(noise))
+        overlays = "[data-testid='stMain'] [data-testid='stImage'] img"
+        page.wait_for_function(f"() => document.querySelectorAll(\"{overlays}\").length >= 6",
+                               timeout=LOAD_SECONDS * 2000)
+        page.wait_for_selector("[data-testid='stPlotlyChart']", state="attached", timeout=LOAD_SECONDS * 1000)
+        page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']",
+                               timeout=LOAD_SECONDS * 1000)
+        text = check_page(page, "Compare")
+        assert "Not like a kidney CT slice" in text and "pure noise" in text
+        with_detector = sum(runs.detector_path(run).is_file() for run in tiny_study.runs.values())
+        flagged = page.locator("[data-testid='stAlert']", has_text="Out of distribution — not a kidney CT like its "
+                                                                   "training data")
+        assert flagged.count() == with_detector
+        screenshots(page, "tiny-study-compare-noise")
+    finally:
+        page.close()

@@ -244,3 +244,56 @@ def test_the_ensemble_column_shows_the_calibrated_verdict_and_a_combined_map(ope
     app.selectbox(key="compare-target").set_value("Tumor").run()
     _no_exception(app)
     assert any("the map combines 5 models' maps for Tumor" in str(caption.value) for caption in app.caption)
+
+
+def _noise_png(side: int = 96, seed: int = 3) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_truth_comes_first_content_warnings_and_out_of_distribution(open_app, tmp_path, monkeypatch):
+    """A noise image: its content warning above the row, and a model whose detector flags it shows
+    so before its class (explanations stand in for the models, as the library would return them)."""
+    import types
+
+    from kidney_lab import explain as explain_package
+    from kidney_lab.explain import compare
+    from tests.evaluation.helpers import clustered_table, fake_run
+
+    workspace = tmp_path / "workspace"
+    made = {}
+    for model in ("resnet50", "vit"):
+        made[model] = fake_run(workspace, model, clustered_table({"Cyst": 3, "Normal": 3, "Stone": 3, "Tumor": 3}))
+        (made[model] / runs.MODEL_FILE).write_bytes(b"stand-in")
+
+    def fake_explain(references, scan, method="gradcam", target=None):
+        folder = Path(references[0])
+        flagged = folder.name == made["vit"].name
+        result = types.SimpleNamespace(
+            run_id=folder.name, run_dir=folder, model=folder.name.split("-")[2],
+            display_name="ViT" if flagged else "ResNet50", method=method, predicted="Tumor", target="Tumor",
+            probabilities={"Cyst": 0.01, "Normal": 0.01, "Stone": 0.01, "Tumor": 0.97}, seconds=0.1,
+            heatmap=np.zeros(scan.image.shape[:2], np.float32), raw_min=0.0, raw_max=1.0,
+            ood={"score": 40.0 if flagged else 1.0, "threshold": 5.0, "flagged": flagged},
+        )
+        return types.SimpleNamespace(results=[result], errors=[])
+
+    monkeypatch.setattr(explain_package, "explain", fake_explain)
+    app = open_app(workspace, page=PAGE)
+    app.file_uploader[0].set_value([("noise.png", _noise_png(), "image/png")]).run()
+    _no_exception(app)
+    warnings = [element.value for element in app.warning]
+    assert any("Not like a kidney CT slice" in text and "noise" in text for text in warnings), warnings
+    errors = [element.value for element in app.error]
+    assert len(errors) == 1 and "Out of distribution — not a kidney CT like its training data" in errors[0]
+    # The flagged model's alert comes before its class, in the page's order.
+    order = [element.value for element in app.main if getattr(element, "type", None) in ("alert", "caption")
+             or element.__class__.__name__ in ("Error", "Caption")]
+    flagged_at = next(index for index, text in enumerate(order) if "Out of distribution" in str(text))
+    assert any(RESULT_CAPTION.match(str(text)) for text in order[flagged_at + 1:])
+    expected = compare.agreement([types.SimpleNamespace(display_name=name, predicted="Tumor",
+                                                        ood={"flagged": name == "ViT", "score": 1.0, "threshold": 5.0})
+                                  for name in ("ResNet50", "ViT")]).text
+    assert expected in texts(app)

@@ -331,3 +331,73 @@ def test_two_random_split_runs_keep_mcnemars_test(open_app, series_workspace):
     expected = stats.mcnemar(store.load_predictions(run_a), store.load_predictions(run_b))
     assert _metrics(app)["p-value (exact, two-sided)"] == f"{expected['p_value']:.3g}"
     assert "McNemar's test counts images as independent: random split" in texts(app)
+
+
+# Operating points, degenerate models, the pair the two-run view opens on.
+
+
+def test_operating_point_threshold_comes_from_validation(open_app, series_workspace):
+    from kidney_lab.evaluation import operating_points
+
+    run = series_workspace["a"]
+    clustered_table(SERIES, seed=9, skill=2.0, prefix="/val/x").to_csv(runs.validation_predictions_path(run), index=False)
+    app = _open(open_app, series_workspace["base"], run=run.name)
+    _no_exception(app)
+    assert "Operating point" in [element.value for element in app.subheader]
+    expected = operating_points.operating_point(run, "Tumor", 0.95, store.load_predictions(run)["true_label"].eq("Tumor").mean())
+    assert _metrics(app)["Threshold on P(Tumor)"] == f"{expected['threshold']:.4f}"
+    frame = next(element.value for element in app.dataframe if "measure" in element.value.columns).set_index("measure")
+    assert frame.loc["sensitivity", "here"] == f"{expected['test']['sensitivity']:.3f}"
+    assert frame.loc["specificity", "validation"] == f"{expected['validation']['specificity']:.3f}"
+    low, high = expected["test"]["intervals"]["sensitivity"]
+    assert frame.loc["sensitivity", "95% CI"] == f"{low:.3f}–{high:.3f}"
+    # Another class and target: the threshold follows validation, the prevalence its own default.
+    app.selectbox(key="evaluation_operating_class").set_value("Cyst").run()
+    app.slider(key="evaluation_operating_target").set_value(0.8).run()
+    app.number_input(key="evaluation_prevalence_Cyst").set_value(10.0).run()
+    _no_exception(app)
+    cyst = operating_points.operating_point(run, "Cyst", 0.8, 0.1)
+    assert _metrics(app)["Threshold on P(Cyst)"] == f"{cyst['threshold']:.4f}"
+    frame = next(element.value for element in app.dataframe if "measure" in element.value.columns).set_index("measure")
+    assert frame.loc["PPV at prevalence 10.0%", "here"] == f"{cyst['test']['ppv']:.3f}"
+
+
+def test_a_run_without_validation_predictions_says_how_to_fit_them(open_app, series_workspace):
+    app = _open(open_app, series_workspace["base"], run=series_workspace["b"].name)
+    _no_exception(app)
+    assert any("python -m kidney_lab fit-ood" in element.value for element in app.info)
+
+
+def test_a_degenerate_model_is_flagged(open_app, tmp_path):
+    table = clustered_table(SERIES, seed=6, prefix="/flat/x")
+    table[metrics.probability_columns()] = [0.1, 0.1, 0.1, 0.7]
+    table["predicted_label"] = "Tumor"
+    run = fake_run(tmp_path / "workspace", "vit", table)
+    app = _open(open_app, tmp_path / "workspace", run=run.name)
+    _no_exception(app)
+    assert any("Degenerate model: it predicts Tumor for 100%" in element.value for element in app.warning)
+
+
+def test_two_runs_open_on_a_comparable_pair(open_app, series_workspace):
+    # The newest run (first in the picker) shares its test images with no other run.
+    lonely = fake_run(series_workspace["base"], "vit", clustered_table(SERIES, seed=8, prefix="/lonely/x"))
+    app = _open(open_app, series_workspace["base"])
+    assert app.selectbox(key="evaluation_run").value == lonely.name
+    app.segmented_control(key="evaluation_mode").set_value("Compare two runs").run()
+    _no_exception(app)
+    assert not app.error, [element.value for element in app.error]
+    pair = {app.selectbox(key="evaluation_run").value, app.selectbox(key="evaluation_other").value}
+    assert lonely.name not in pair
+    tables = [store.load_predictions(series_workspace["base"] / run_id) for run_id in pair]
+    assert store.images_key(tables[0]) == store.images_key(tables[1])
+
+
+def test_two_runs_say_when_no_pair_can_be_compared(open_app, tmp_path):
+    workspace = tmp_path / "workspace"
+    fake_run(workspace, "vit", clustered_table(SERIES, seed=1, prefix="/one/x"))
+    fake_run(workspace, "resnet50", clustered_table(SERIES, seed=2, prefix="/two/x"))
+    app = _open(open_app, workspace)
+    app.segmented_control(key="evaluation_mode").set_value("Compare two runs").run()
+    _no_exception(app)
+    assert not app.error
+    assert any("none can be compared" in element.value for element in app.info)

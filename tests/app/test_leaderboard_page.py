@@ -150,3 +150,20 @@ def test_cross_validation_rows_show_their_folds_resampling_and_few_series(open_a
     assert app.selectbox(key="leaderboard_split").options == ["All", "grouped", "cv", "random"]
     # The actions are for runs: the CV rows are not offered.
     assert all("cross-validation" not in option for option in app.selectbox(key="leaderboard_row").options)
+
+
+def test_groups_are_named_and_degenerate_rows_flagged(open_app, tmp_path):
+    workspace = tmp_path / "workspace"
+    always_cyst = clustered_table(CV_SERIES, seed=4, prefix="/data/one")
+    always_cyst[["prob_Cyst", "prob_Normal", "prob_Stone", "prob_Tumor"]] = [0.7, 0.1, 0.1, 0.1]
+    always_cyst["predicted_label"] = "Cyst"
+    flat = fake_run(workspace, "vit", always_cyst)
+    runs.update_run_info(flat, data_root=str(tmp_path / "hospital-a"))
+    app = open_app(workspace, page=PAGE)
+    _no_exception(app)
+    shown = texts(app)
+    assert "images of **hospital-a (aaaa11)**" in shown
+    warning = " ".join(element.value for element in app.warning)
+    assert "**Vision Transformer** (test split, group A): Degenerate model: it predicts Cyst for 100%" in warning
+    table = app.dataframe[0].value
+    assert table["flag"].tolist() == ["degenerate"] and table["dataset"].tolist() == ["hospital-a (aaaa11)"]

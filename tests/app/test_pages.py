@@ -159,3 +159,16 @@ def test_pages_list_matches_the_files():
     for info in common.PAGES:
         assert (Path(common.__file__).parents[1] / info.path).is_file(), info.path
     assert common.PAGES[0].path == "pages/home.py"  # The default page.
+
+
+def test_home_shows_a_dash_for_a_cancelled_runs_accuracy(open_app, tmp_path):
+    workspace = tmp_path / "workspace"
+    run = runs.create_run(workspace, runs.new_run_id("vit"), {"model": "vit", "study_id": "study-20260101-120000-ab12"})
+    runs.mark_finished(run, runs.CANCELLED, error="cancelled by the user")
+    app = open_app(workspace)
+    _no_exception(app)
+    frame = app.dataframe[0]
+    assert frame.value["state"].tolist() == ["cancelled"]
+    assert frame.value["test accuracy"].isna().all()
+    # Missing cells are drawn as the placeholder, never as "None".
+    assert frame.proto.placeholder == "— (not evaluated)"

@@ -228,3 +228,30 @@ def test_old_rows_without_clusters_say_their_intervals_resample_images(workspace
     table = leaderboard_module.leaderboard(workspace["base"])
     assert set(table["interval_resampling"]) == {"image"} and set(table["p_test"].dropna()) == {"mcnemar"}
     assert table["clusters_per_class"].isna().all() and table["cluster_warning"].isna().all()
+
+
+def test_groups_are_named_by_dataset_and_degenerate_rows_flagged(tmp_path) -> None:
+    from kidney_lab import workspace as workspace_module
+    from kidney_lab.data import phantom
+
+    demo = phantom.write_phantom_dataset(tmp_path / workspace_module.DEMO_DATA_FOLDER, 2, size=32, seed=0)
+    folder = tmp_path / "ct-kidney-sample"
+    always_cyst = random_table(40, seed=3)
+    always_cyst[["prob_Cyst", "prob_Normal", "prob_Stone", "prob_Tumor"]] = [0.7, 0.1, 0.1, 0.1]
+    always_cyst["predicted_label"] = "Cyst"
+    on_demo = fake_run(tmp_path, "vit", always_cyst)
+    runs.update_run_info(on_demo, data_root=str(demo))
+    on_folder = fake_run(tmp_path, "resnet50", random_table(40, seed=4, skill=4.0, prefix="/data/other"),
+                         fingerprint="3f9a1c998877")
+    runs.update_run_info(on_folder, data_root=str(folder))
+    table = leaderboard_module.leaderboard(tmp_path).set_index("run_id")
+    assert table.loc[on_demo.name, "dataset"] == "phantoms (demo)"
+    assert table.loc[on_folder.name, "dataset"] == "ct-kidney-sample (3f9a1c)"
+    assert "Cyst for 100%" in table.loc[on_demo.name, "degenerate"]
+    assert pd.isna(table.loc[on_folder.name, "degenerate"])
+    names = {name for group in leaderboard_module.leaderboard(tmp_path).attrs["groups"] for name in group["datasets"]}
+    assert names == {"phantoms (demo)", "ct-kidney-sample (3f9a1c)"}
+    # Another phantom set is phantoms too, by its folder's name; no folder: the fingerprint's start.
+    other = phantom.write_phantom_dataset(tmp_path / "mine", 1, size=32, seed=1)
+    assert leaderboard_module.dataset_name(other, "abc", tmp_path) == "phantoms (mine)"
+    assert leaderboard_module.dataset_name(None, "abcdef123", tmp_path) == "abcdef"

@@ -11,7 +11,7 @@ import sklearn.metrics
 
 from kidney_lab.data.classes import CLASS_NAMES
 from kidney_lab.evaluation import metrics
-from tests.evaluation.helpers import known_table, random_table
+from tests.evaluation.helpers import known_table, make_table, random_table
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +163,18 @@ def test_confusion_rates_leave_a_class_without_images_undefined() -> None:
         metrics.confusion_rates([[1, 2, 3]])
     with pytest.raises(metrics.PredictionsError, match="non-negative"):
         metrics.confusion_rates([[1, -2], [0, 1]])
+
+
+def test_degenerate_flags_one_class_models_and_chance_scores():
+    good = metrics.compute_metrics(random_table(200, skill=4.0), intervals=False)
+    assert metrics.degenerate(good) is None
+    # Every image called Cyst, whatever it is.
+    labels = list(random_table(40)["true_label"])
+    always = metrics.compute_metrics(make_table(labels, np.tile([0.7, 0.1, 0.1, 0.1], (40, 1))), intervals=False)
+    reason = metrics.degenerate(always)
+    assert reason is not None and "Cyst for 100%" in reason and "chance" in reason
+    chance = metrics.compute_metrics(random_table(400, skill=0.0), intervals=False)
+    assert chance["macro_f1"] <= metrics.CHANCE_MACRO_F1
+    assert "chance level" in metrics.degenerate(chance)
+    # A stored metrics.json without the fields says nothing.
+    assert metrics.degenerate({}) is None

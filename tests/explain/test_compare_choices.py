@@ -31,15 +31,41 @@ def _result(name: str, predicted: str, **probabilities: float) -> types.SimpleNa
                                  predicted=predicted, target=predicted, probabilities=shares, seconds=0.25)
 
 
-def test_the_default_runs_are_the_newest_of_each_architecture_in_the_newest_study():
-    newest_first = [_record("vit", "study-b", "vit-new"), _record("resnet50", "study-a"),
-                    _record("vit", "study-b", "vit-old"), _record("mobilenetv2", "study-b")]
-    chosen = compare.default_runs(newest_first, ("resnet50", "mobilenetv2", "vit"))
-    assert list(chosen) == ["resnet50", "mobilenetv2", "vit"]
-    # ResNet50 has a run, but of an older study: it is never mixed in by default.
-    assert chosen["resnet50"] is None
+def test_the_default_runs_are_the_newest_study_filled_with_each_missing_architectures_newest_run():
+    newest_first = [_record("vit", "study-b", "vit-new"), _record("resnet50", "study-a", "resnet-a"),
+                    _record("vit", "study-b", "vit-old"), _record("mobilenetv2", "study-b"),
+                    _record("mobilenetv2", "study-a", "mobile-a"), _record("resnet50", "study-0", "resnet-0")]
+    chosen = compare.default_runs(newest_first, ("resnet50", "mobilenetv2", "vit", "inceptionv3"))
+    assert list(chosen) == ["resnet50", "mobilenetv2", "vit", "inceptionv3"]
+    # The newest study's runs are kept, even where an older study has a newer run of them ...
     assert chosen["mobilenetv2"].study_id == "study-b" and chosen["vit"].run_id == "vit-new"
+    # ... and an architecture it lacks gets its own newest run: training one model drops no other.
+    assert chosen["resnet50"].run_id == "resnet-a"
+    assert chosen["inceptionv3"] is None
     assert compare.default_runs([], ("vit",)) == {"vit": None}
+
+
+def _faithful(folder: Path, **pointing: float) -> Path:
+    from kidney_lab import fileio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fileio.atomic_write_json(folder / runs.FAITHFULNESS_FILE, {
+        "methods": {method.replace("_", "+"): {"pointing_game": value} for method, value in pointing.items()}})
+    return folder
+
+
+def test_the_default_method_is_the_one_that_points_best(tmp_path):
+    first = _faithful(tmp_path / "a", gradcam=0.5, layercam=0.7, gradcam__=0.6)
+    second = _faithful(tmp_path / "b", gradcam=0.6, layercam=0.8)
+    unmeasured = tmp_path / "c"
+    unmeasured.mkdir()
+    # Means over the methods both measured: gradcam 0.55, layercam 0.75 (gradcam++ only on one run).
+    assert compare.default_method([first, second, unmeasured]) == "layercam"
+    assert compare.default_method([unmeasured]) == compare.DEFAULT_METHOD
+    assert compare.default_method([]) == compare.DEFAULT_METHOD
+    # A tie keeps the default.
+    tie = _faithful(tmp_path / "d", gradcam=0.7, layercam=0.7)
+    assert compare.default_method([tie]) == compare.DEFAULT_METHOD
 
 
 @pytest.mark.slow

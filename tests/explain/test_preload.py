@@ -66,10 +66,11 @@ def test_warm_up_reports_a_run_that_cannot_be_loaded(tmp_path: Path) -> None:
     assert all("Cannot load model" in failure["message"] for failure in result.errors)
 
 
-def test_the_default_runs_are_the_newest_study_in_registry_order(tmp_path: Path) -> None:
-    placeholder_runs(tmp_path, ("mobilenetv2",), hour=9)
+def test_the_default_runs_are_the_newest_study_filled_by_older_runs_in_registry_order(tmp_path: Path) -> None:
+    older = placeholder_runs(tmp_path, ("mobilenetv2",), hour=9)
     newest = placeholder_runs(tmp_path, ("vit", "resnet50"), hour=10)
-    assert preload.default_run_folders(tmp_path) == [newest[1], newest[0]]
+    # compare.DEFAULT_RUNS_RULE: MobileNetV2, absent from the newest study, keeps its own run.
+    assert preload.default_run_folders(tmp_path) == [older[0], newest[1], newest[0]]
     assert preload.default_run_folders(tmp_path / "empty") == []
 
 

@@ -218,6 +218,19 @@ def test_the_pixel_limit_refuses_bomb_headers_before_anything_is_decoded(monkeyp
     assert peak < 16 * 1024 * 1024
 
 
+def test_every_pixel_limit_message_names_the_one_limit() -> None:
+    """Pillow refuses the largest images before kidney_lab's check; the message still says
+    kidney_lab's limit (scan.MAX_PIXELS), never Pillow's own."""
+    for entry in REFUSED:
+        if entry.expected != BOMB or entry.name == "text-bomb.png":
+            continue
+        with pytest.raises(ScanReadError) as raised:
+            scan.read_scan(entry.data, name=entry.name)
+        message = str(raised.value)
+        assert f"over the limit of {scan.MAX_PIXELS:,}" in message, message
+        assert f"{Image.MAX_IMAGE_PIXELS}" not in message and f"{2 * Image.MAX_IMAGE_PIXELS}" not in message, message
+
+
 # Dataset folders ------------------------------------------------------------------------------
 
 
