@@ -269,25 +269,46 @@ def pooled_features(model: Any, images: Any, batch_size: int = PREDICT_BATCH) ->
     """
     import keras
 
+    features = head_input(model)
+    pixels = np.asarray(images, dtype=np.float32)
+    expected = tuple(model.input_shape[1:])
+    if pixels.ndim != 4 or pixels.shape[1:] != expected:
+        raise OODError(f"The model takes images of shape (n, {', '.join(map(str, expected))}); got {pixels.shape}.")
+    extractor = keras.Model(model.inputs[0], features)
+    batches = [
+        keras.ops.convert_to_numpy(extractor(pixels[start:start + batch_size], training=False))
+        for start in range(0, len(pixels), max(1, int(batch_size)))
+    ]
+    return np.concatenate(batches).astype(np.float64) if batches else np.zeros((0, features.shape[-1]))
+
+
+def head_input(model: Any) -> Any:
+    """The symbolic tensor of a kidney_lab classifier's pooled features (the ``head_dropout`` input).
+
+    Raises:
+        OODError: the model has no kidney_lab head.
+    """
     from kidney_lab.models import registry
 
     try:
-        head = model.get_layer(registry.HEAD_DROPOUT_LAYER)
+        return model.get_layer(registry.HEAD_DROPOUT_LAYER).input
     except ValueError:
         raise OODError(
             f"The model has no {registry.HEAD_DROPOUT_LAYER!r} layer, so it is not a kidney_lab classifier; "
             "its features cannot be read."
         ) from None
-    pixels = np.asarray(images, dtype=np.float32)
-    expected = tuple(model.input_shape[1:])
-    if pixels.ndim != 4 or pixels.shape[1:] != expected:
-        raise OODError(f"The model takes images of shape (n, {', '.join(map(str, expected))}); got {pixels.shape}.")
-    extractor = keras.Model(model.inputs[0], head.input)
-    batches = [
-        keras.ops.convert_to_numpy(extractor(pixels[start:start + batch_size], training=False))
-        for start in range(0, len(pixels), max(1, int(batch_size)))
-    ]
-    return np.concatenate(batches).astype(np.float64) if batches else np.zeros((0, head.input.shape[-1]))
+
+
+def feature_model(model: Any) -> Any:
+    """A Keras model on ``model``'s weights with two outputs: its class probabilities and its pooled
+    features (:func:`head_input`), so that one forward pass gives both.
+
+    Raises:
+        OODError: the model has no kidney_lab head.
+    """
+    import keras
+
+    return keras.Model(model.inputs[0], [model.outputs[0], head_input(model)])
 
 
 def head_logits(model: Any, features: Any) -> np.ndarray:
