@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(evaluate)
     evaluate.set_defaults(handler=_run_evaluate)
 
+    fit_ood = commands.add_parser(
+        "fit-ood", help="fit a run's out-of-distribution detector and calibration, then re-evaluate its test split"
+    )
+    fit_ood.add_argument("run", metavar="RUN_DIR", help="run folder, or run id in the workspace")
+    _add_workspace(fit_ood)
+    _add_json(fit_ood)
+    fit_ood.set_defaults(handler=_run_fit_ood)
+
     board = commands.add_parser("leaderboard", help="rank evaluated runs, only against runs tested on the same images")
     board.add_argument("--study", default=None, help="only runs of this study id")
     board.add_argument("--split", choices=("random", "grouped", "external", "cv"), default=None,
@@ -366,12 +374,53 @@ def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
     print("  recall " + "  ".join(f"{name} {row['recall']:.2f}" for name, row in result["per_class"].items()))
     duplicates = result["test_with_duplicate_in_train"]
     print(f"  images with a duplicate in training: {duplicates if duplicates is not None else 'not counted'}")
+    for line in _trust_lines(result):
+        print(f"  {line}")
     print(f"Predictions {result['predictions']}\nMetrics {result['metrics']}")
     fields = ("run_id", "model", "images", "accuracy", "macro_f1", "predictions", "metrics", "evaluated_on",
               "split_kind", "data", "fingerprint", "balanced_accuracy", "macro_roc_auc", "ece", "loss",
-              "test_with_duplicate_in_train", "intervals", "clusters_per_class", "few_clusters")
+              "test_with_duplicate_in_train", "intervals", "clusters_per_class", "few_clusters",
+              "ood_flagged_share", "ood_threshold", "calibration")
     return {**{field: result[field] for field in fields},
             "accuracy_ci": intervals["accuracy"], "macro_f1_ci": intervals["macro_f1"]}
+
+
+def _trust_lines(result: dict[str, Any]) -> list[str]:
+    """The OOD and calibration lines of an evaluation's printout."""
+    share, figures = result.get("ood_flagged_share"), result.get("calibration")
+    lines = [
+        "out of distribution: no detector (python -m kidney_lab fit-ood RUN fits one)" if share is None else
+        f"out of distribution: {share:.1%} of the images flagged (score > {result['ood_threshold']:.3f})"
+    ]
+    if figures is None:
+        lines.append("calibration: none (python -m kidney_lab fit-ood RUN fits it)")
+    else:
+        lines.append(
+            f"calibration: temperature {figures['temperature']:.3f} (fitted on {figures['fitted_on']}); "
+            f"NLL {figures['nll_before']:.3f} -> {figures['nll_after']:.3f}, Brier {figures['brier_before']:.3f} -> "
+            f"{figures['brier_after']:.3f}, ECE {figures['ece_before']:.3f} -> {figures['ece_after']:.3f}"
+        )
+    return lines
+
+
+def _run_fit_ood(arguments: argparse.Namespace) -> dict[str, Any]:
+    """Fit the run's OOD detector (and store its validation predictions), then evaluate its test
+    split again so that its predictions, metrics and calibration.json carry both."""
+    _start_tensorflow_quietly()
+    from kidney_lab.evaluation import evaluate as evaluate_module
+
+    fitted, result = evaluate_module.fit_ood(arguments.run, workspace=arguments.workspace)
+    print(f"Run {result['run_id']} ({result['display_name']}): OOD detector fitted on {fitted['training_images']} "
+          f"training images, threshold {fitted['threshold']:.3f} (the {fitted['percentile']:g}th percentile of "
+          f"{fitted['validation_images']} validation scores) in {fitted['seconds']:.1f} s")
+    print(f"  test split re-evaluated: {result['images']} images, accuracy {result['accuracy']:.3f}")
+    for line in _trust_lines(result):
+        print(f"  {line}")
+    print(f"Detector {fitted['detector']}\nValidation predictions {fitted['validation_predictions']}\n"
+          f"Calibration {fitted['calibration']}\nPredictions {result['predictions']}")
+    return {**fitted, "predictions": result["predictions"],
+            "metrics": result["metrics"], "ood_flagged_share": result["ood_flagged_share"],
+            "ood_threshold": result["ood_threshold"], "test_calibration": result["calibration"]}
 
 
 def _run_leaderboard(arguments: argparse.Namespace) -> dict[str, Any]:

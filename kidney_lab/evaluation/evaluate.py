@@ -96,15 +96,19 @@ def _predict(
     dataset = pipeline.make_dataset(
         frame, image_size, batch_size=batch_size, training=False, cache=False, with_paths=True
     )
-    forward = ood.feature_model(model) if with_features else model
+    if with_features:
+        both = ood.feature_model(model)
+        # One graph for every batch (the last, smaller one relaxes its shape instead of retracing).
+        forward = tf.function(lambda images: both(images, training=False), reduce_retracing=True)
     paths: list[str] = []
     chunks: list[np.ndarray] = []
     feature_chunks: list[np.ndarray] = []
     for images, _, batch_paths in dataset:
-        outputs = forward.predict_on_batch(images)
         if with_features:
-            outputs, features = outputs
+            outputs, features = forward(images)
             feature_chunks.append(np.asarray(features, dtype=np.float64))
+        else:
+            outputs = model.predict_on_batch(images)
         chunks.append(np.asarray(outputs, dtype=np.float64))
         paths.extend(path.decode("utf-8") for path in batch_paths.numpy())
     probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(classes.CLASS_NAMES)))
@@ -317,6 +321,26 @@ def fit_trust(
         "validation_predictions": str(predictions_file.absolute()),
         "detector": str(detector_file.absolute()),
     }
+
+
+def fit_ood(
+    run: str | os.PathLike[str], *, workspace: str | os.PathLike[str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What ``python -m kidney_lab fit-ood`` does: :func:`fit_trust`, then :func:`evaluate` of the
+    test split (which writes ``calibration.json``), with the model loaded once.
+
+    Returns:
+        ``(fitted, evaluation)``: :func:`fit_trust`'s result with ``calibration`` (the absolute
+        path of ``calibration.json``) added, and :func:`evaluate`'s.
+
+    Raises:
+        everything :func:`fit_trust` and :func:`evaluate` raise.
+    """
+    folder, record = _usable_run(run, workspace, "fit an OOD detector for")
+    model = load_kept_model(folder, record.info)
+    fitted = fit_trust(folder, model=model)
+    evaluation = evaluate(folder, model=model)
+    return {**fitted, "calibration": str(runs.calibration_path(folder).absolute())}, evaluation
 
 
 def _usable_run(
