@@ -498,7 +498,6 @@ def _run_explain(arguments: argparse.Namespace) -> dict[str, Any]:
     errors go to stderr as warnings and into the JSON); 1 when none was, or the image is
     unreadable."""
     _start_tensorflow_quietly()
-    from kidney_lab.data.scan import read_scan
     from kidney_lab.errors import ConfigError
     from kidney_lab.explain import cam, compare, render
     from kidney_lab.fileio import atomic_write_bytes
@@ -511,32 +510,40 @@ def _run_explain(arguments: argparse.Namespace) -> dict[str, Any]:
     render.colormap_table(arguments.colormap)
     if not 0.0 <= arguments.opacity <= 1.0:
         raise ConfigError(f"--opacity must be between 0 and 1; got {arguments.opacity}.")
-    scan = read_scan(arguments.image)
     resolved: list[Any] = []
     for reference in references:
         try:
             resolved.append(resolve_run(reference, arguments.workspace))
         except KidneyLabError:
             resolved.append(reference)  # explain() reports it for this run alone.
-    report = compare.explain(resolved, scan, method, arguments.target)
+    report = compare.explain(resolved, arguments.image, method, arguments.target)
+    for warning in report.warnings:
+        print(f"WARNING: {warning['message']}")
     out = arguments.out.resolve()
     paths: dict[str, dict[str, str]] = {}
     for result in report.results:
         stem = f"{result.run_id}-{method.replace('++', 'pp')}-{result.target.lower()}"
         files = {"heatmap": out / f"{stem}-heatmap.png", "overlay": out / f"{stem}-overlay.png"}
         atomic_write_bytes(files["heatmap"], render.to_png(result.heatmap))
-        drawn = render.overlay(scan, result.heatmap, arguments.opacity, arguments.colormap)
+        drawn = render.overlay(report.scan, result.heatmap, arguments.opacity, arguments.colormap)
         atomic_write_bytes(files["overlay"], render.to_png(drawn))
         paths[result.run_id] = {name: str(path) for name, path in files.items()}
-        probability = result.probabilities[result.predicted]
-        print(f"{result.display_name:<19} predicted {result.predicted:<6} ({probability:.2f})  "
+        probability = result.calibrated_probabilities[result.predicted]
+        caveats = compare.trust(result, report.scan_is_phantom)
+        flagged = compare.out_of_distribution_text(result.ood) + "  " if result.flagged else ""
+        print(f"{result.display_name:<19} {flagged}predicted {result.predicted:<6} ({probability:.2f}"
+              f"{', calibrated' if result.temperature != 1.0 else ''})  "
               f"{cam.get_method(method).display_name} for {result.target:<6} {result.seconds:.2f} s  {files['overlay']}")
+        for caveat in caveats[1 if result.flagged else 0:]:
+            print(f"{'':<19} caveat: {caveat}")
     for failure in report.errors:
         print(f"warning: run {failure['run_id']}: {failure['message']}", file=sys.stderr)
     if not report.ok:
         print(f"error: none of the {len(references)} runs could be explained; see the warnings above",
               file=sys.stderr)
         arguments.exit_status = EXIT_FAILURE
+    else:
+        print(compare.agreement(report.results).text.replace("**", ""))
     ensemble = _explain_ensemble(report, resolved, arguments, out)
     return {"image": str(arguments.image.resolve()), **compare.report_to_dict(report, paths), **ensemble}
 

@@ -27,15 +27,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from kidney_lab import runs
+from kidney_lab.data import classes
 from kidney_lab.evaluation import calibration
 from kidney_lab.evaluation import store
 from kidney_lab.models import ood
 
 OOD_SCORE_COLUMN = "ood_score"
 OOD_FLAGGED_COLUMN = "ood_flagged"
+# A model that predicts one class for at least this share of its test images answers by habit.
+ONE_CLASS_SHARE = 0.9
+# A macro F1 at or under this on its test images is chance level for four classes (0.25 by
+# guessing; a model that predicts one class of four scores at most 0.4 and usually under 0.3).
+CHANCE_MACRO_F1 = 0.3
 
 
 def read_detector(run_dir: str | os.PathLike[str]) -> ood.Detector | None:
@@ -153,6 +160,28 @@ def calibration_figures(table: pd.DataFrame, fitted_temperature: float | None) -
         figures[f"{key}_before"], figures[f"{key}_after"] = before[key], after[key]
     figures["images"] = int(len(table))
     return figures
+
+
+def metrics_caveats(stored: dict[str, Any] | None) -> list[str]:
+    """Short caveats about a model from its stored test metrics (``metrics.json``): it predicts
+    one class for at least :data:`ONE_CLASS_SHARE` of its test images, or it scores at chance
+    (macro F1 at or under :data:`CHANCE_MACRO_F1`). Empty when neither, or without metrics."""
+    if not stored:
+        return []
+    caveats = []
+    matrix = stored.get("confusion_matrix")
+    names = stored.get("classes") or list(classes.CLASS_NAMES)
+    if isinstance(matrix, list) and matrix:
+        predicted = np.asarray(matrix, dtype=float).sum(axis=0)
+        total = predicted.sum()
+        if total > 0 and predicted.max() / total >= ONE_CLASS_SHARE:
+            caveats.append(
+                f"predicts {names[int(predicted.argmax())]} for {predicted.max() / total:.0%} of its test images"
+            )
+    macro_f1 = stored.get("macro_f1")
+    if isinstance(macro_f1, (int, float)) and macro_f1 <= CHANCE_MACRO_F1:
+        caveats.append(f"scores at chance on its test images (macro F1 {macro_f1:.2f})")
+    return caveats
 
 
 def _refit_hint(run_dir: str | os.PathLike[str]) -> str:
