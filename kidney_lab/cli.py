@@ -387,7 +387,9 @@ def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
 
 def _trust_lines(result: dict[str, Any]) -> list[str]:
     """The OOD and calibration lines of an evaluation's printout."""
-    share, figures = result.get("ood_flagged_share"), result.get("calibration")
+    from kidney_lab.evaluation import trust
+
+    share, figures = result.get("ood_flagged_share"), trust.test_figures(result)
     lines = [
         "out of distribution: no detector (python -m kidney_lab fit-ood RUN fits one)" if share is None else
         f"out of distribution: {share:.1%} of the images flagged (score > {result['ood_threshold']:.3f})"
@@ -408,6 +410,7 @@ def _run_fit_ood(arguments: argparse.Namespace) -> dict[str, Any]:
     split again so that its predictions, metrics and calibration.json carry both."""
     _start_tensorflow_quietly()
     from kidney_lab.evaluation import evaluate as evaluate_module
+    from kidney_lab.evaluation import trust
 
     fitted, result = evaluate_module.fit_ood(arguments.run, workspace=arguments.workspace)
     print(f"Run {result['run_id']} ({result['display_name']}): OOD detector fitted on {fitted['training_images']} "
@@ -420,7 +423,7 @@ def _run_fit_ood(arguments: argparse.Namespace) -> dict[str, Any]:
           f"Calibration {fitted['calibration']}\nPredictions {result['predictions']}")
     return {**fitted, "predictions": result["predictions"],
             "metrics": result["metrics"], "ood_flagged_share": result["ood_flagged_share"],
-            "ood_threshold": result["ood_threshold"], "test_calibration": result["calibration"]}
+            "ood_threshold": result["ood_threshold"], "test_calibration": trust.test_figures(result)}
 
 
 def _run_leaderboard(arguments: argparse.Namespace) -> dict[str, Any]:

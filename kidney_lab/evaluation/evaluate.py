@@ -160,10 +160,12 @@ def evaluate(
         (``train_seconds``, ``epochs``, ``kept_epoch`` with the train and validation accuracy
         and loss of the epoch of lowest validation loss), ``ood_flagged_share`` and
         ``ood_threshold`` (None when the run has no OOD detector; with one, the predictions
-        carry ``ood_score`` and ``ood_flagged`` per image), ``calibration`` (the before/after
-        figures of :func:`kidney_lab.evaluation.trust.calibration_figures` on these images, None
-        when the run has no calibration), ``predictions`` and ``metrics`` (absolute paths of the
-        stored files). Evaluating the test split of a run with validation predictions also
+        carry ``ood_score`` and ``ood_flagged`` per image), ``calibration`` (the reliability
+        bins of :func:`kidney_lab.evaluation.metrics.reliability` and, when the run has a
+        calibration, the before/after figures of
+        :func:`kidney_lab.evaluation.trust.calibration_figures` on these images: ``temperature``,
+        ``fitted_on``, ``nll_before``, ...), ``predictions`` and ``metrics`` (absolute paths of
+        the stored files). Evaluating the test split of a run with validation predictions also
         (re)writes its ``calibration.json``.
 
     Raises:
@@ -206,7 +208,8 @@ def evaluate(
     report = None if validation is None else calibration.calibration_report(validation, table)
     fitted = report or stored_calibration
     result.update(trust.ood_summary(table, detector))
-    result["calibration"] = trust.calibration_figures(table, None if fitted is None else fitted["temperature"])
+    # metrics.json's calibration (the reliability bins) gains the before/after figures.
+    result["calibration"].update(trust.calibration_figures(table, None if fitted is None else fitted["temperature"]) or {})
     spec = registry.get_spec(info.model)
     result.update(
         {

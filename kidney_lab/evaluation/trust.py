@@ -146,7 +146,9 @@ def calibration_figures(table: pd.DataFrame, fitted_temperature: float | None) -
     ``nll_before``/``nll_after`` (nats), ``brier_before``/``brier_after``,
     ``ece_before``/``ece_after`` and ``images``; None without a temperature.
 
-    For the run's test split they are the ``test`` figures of ``calibration.json``.
+    For the run's test split they are the ``test`` figures of ``calibration.json``; an
+    evaluation's ``metrics.json`` stores them in its ``calibration`` object, next to the
+    reliability bins (:func:`test_figures` reads them back).
 
     Raises:
         kidney_lab.evaluation.metrics.PredictionsError: not a valid predictions table.
@@ -160,6 +162,17 @@ def calibration_figures(table: pd.DataFrame, fitted_temperature: float | None) -
         figures[f"{key}_before"], figures[f"{key}_after"] = before[key], after[key]
     figures["images"] = int(len(table))
     return figures
+
+
+def test_figures(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The before/after calibration figures of a stored evaluation's metrics (see
+    :func:`calibration_figures`), or None when it has none."""
+    found = (stored or {}).get("calibration")
+    if not isinstance(found, dict) or "temperature" not in found:
+        return None
+    keys = ("temperature", "fitted_on", "nll_before", "nll_after", "brier_before", "brier_after",
+            "ece_before", "ece_after", "images")
+    return {key: found.get(key) for key in keys}
 
 
 def metrics_caveats(stored: dict[str, Any] | None) -> list[str]:

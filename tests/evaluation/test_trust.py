@@ -45,8 +45,9 @@ def test_training_writes_validation_predictions_detector_and_calibration(tiny_ru
     test = store.load_predictions(tiny_run)
     assert stored == calibration.calibration_report(validation, test)
     scored = store.load_metrics(tiny_run)
-    assert scored["calibration"] == {"temperature": stored["temperature"], "fitted_on": "validation",
-                                     **stored["test"], "images": len(test)}
+    assert trust.test_figures(scored) == {"temperature": stored["temperature"], "fitted_on": "validation",
+                                          **stored["test"], "images": len(test)}
+    assert len(scored["calibration"]["reliability"]) == metrics.CALIBRATION_BINS
     assert scored["ood_threshold"] == detector.threshold
     assert scored["ood_flagged_share"] == pytest.approx(
         float((test[trust.OOD_SCORE_COLUMN] > detector.threshold).mean()))
@@ -69,7 +70,7 @@ def test_an_external_folder_gets_ood_scores_and_the_runs_calibration(run_copy: P
     assert {trust.OOD_SCORE_COLUMN, trust.OOD_FLAGGED_COLUMN} <= set(table.columns)
     assert result["ood_flagged_share"] == pytest.approx(float(table[trust.OOD_FLAGGED_COLUMN].mean()))
     temperature = trust.temperature(run_copy)
-    assert result["calibration"] == trust.calibration_figures(table, temperature)
+    assert trust.test_figures(result) == trust.calibration_figures(table, temperature)
     assert result["calibration"]["images"] == len(table)
 
     board = leaderboard_module.leaderboard(run_copy.parent)
@@ -85,15 +86,17 @@ def _make_old(run: Path) -> None:
     table = pd.read_csv(run / runs.PREDICTIONS_FILE)
     table.drop(columns=[trust.OOD_SCORE_COLUMN, trust.OOD_FLAGGED_COLUMN]).to_csv(run / runs.PREDICTIONS_FILE, index=False)
     stored = fileio.read_json(run / runs.METRICS_FILE)
-    for key in ("ood_flagged_share", "ood_threshold", "calibration"):
+    for key in ("ood_flagged_share", "ood_threshold"):
         stored.pop(key)
+    stored["calibration"] = {key: stored["calibration"][key] for key in ("ece", "bins", "images", "reliability")}
     fileio.atomic_write_json(run / runs.METRICS_FILE, stored)
 
 
 def test_an_old_run_without_trust_files_evaluates_without_them(run_copy: Path) -> None:
     _make_old(run_copy)
     result = evaluate_module.evaluate(run_copy)
-    assert result["ood_flagged_share"] is None and result["ood_threshold"] is None and result["calibration"] is None
+    assert result["ood_flagged_share"] is None and result["ood_threshold"] is None
+    assert trust.test_figures(result) is None and "reliability" in result["calibration"]
     assert trust.OOD_SCORE_COLUMN not in store.load_predictions(run_copy).columns
     assert not runs.calibration_path(run_copy).exists()
     assert leaderboard_module.leaderboard(run_copy.parent)["ood_flagged_share"].isna().all()
@@ -112,7 +115,7 @@ def test_fit_ood_gives_an_old_run_its_detector_and_calibration(run_copy: Path, t
     stored = store.load_metrics(run_copy)
     assert stored["ood_flagged_share"] == result["ood_flagged_share"] == pytest.approx(
         float(table[trust.OOD_FLAGGED_COLUMN].mean()))
-    assert stored["calibration"]["temperature"] == trust.read_calibration(run_copy)["temperature"]
+    assert trust.test_figures(stored)["temperature"] == trust.read_calibration(run_copy)["temperature"]
     assert f"of the images flagged (score > {detector.threshold:.3f})" in out and "calibration: temperature" in out
 
 
