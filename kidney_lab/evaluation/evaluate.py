@@ -75,29 +75,34 @@ def predict_frame(
 
 
 def predict_with_features(
-    model: keras.Model, frame: pd.DataFrame, image_size: int, batch_size: int = EVALUATION_BATCH_SIZE
+    model: keras.Model, frame: pd.DataFrame, image_size: int, batch_size: int = EVALUATION_BATCH_SIZE,
+    layers: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """:func:`predict_frame` and the pooled features of the same images, from one forward pass each batch.
+    """:func:`predict_frame` and the features of the same images, from one forward pass each batch.
+
+    Args:
+        layers: earlier layers whose mean-pooled activations precede the head's features (see
+            :func:`kidney_lab.models.ood.feature_tensor`).
 
     Returns:
-        The predictions table and float64 features ``(images, features)`` in its row order (see
-        :func:`kidney_lab.models.ood.pooled_features`).
+        The predictions table and float64 features ``(images, features)`` in its row order.
 
     Raises:
-        kidney_lab.models.ood.OODError: the model has no kidney_lab head.
+        kidney_lab.models.ood.OODError: the model has no kidney_lab head or no such layer.
     """
-    table, features = _predict(model, frame, image_size, batch_size, with_features=True)
+    table, features = _predict(model, frame, image_size, batch_size, with_features=True, layers=layers)
     return table, features
 
 
 def _predict(
-    model: keras.Model, frame: pd.DataFrame, image_size: int, batch_size: int, with_features: bool
+    model: keras.Model, frame: pd.DataFrame, image_size: int, batch_size: int, with_features: bool,
+    layers: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     dataset = pipeline.make_dataset(
         frame, image_size, batch_size=batch_size, training=False, cache=False, with_paths=True
     )
     if with_features:
-        both = ood.feature_model(model)
+        both = ood.feature_model(model, layers)
         # One graph for every batch (the last, smaller one relaxes its shape instead of retracing).
         forward = tf.function(lambda images: both(images, training=False), reduce_retracing=True)
     paths: list[str] = []
@@ -199,7 +204,7 @@ def evaluate(
     if detector is None:
         table = predict_frame(model, frame, image_size)
     else:
-        table, features = predict_with_features(model, frame, image_size)
+        table, features = predict_with_features(model, frame, image_size, layers=detector.feature_layers)
         table = trust.add_ood_columns(table, detector, features)
     seconds = time.perf_counter() - started
 
@@ -267,8 +272,9 @@ def fit_trust(
     """Predict the run's validation images and fit its OOD detector on its training images.
 
     One pass over the training and validation images of the run's split, at the model's input
-    size, without augmentation: the validation images' predictions and pooled features, the
-    training images' pooled features. Writes ``val_predictions.csv`` (with the OOD columns) and
+    size, without augmentation: the validation images' predictions and features, the training
+    images' features (the mean-pooled activations of the registry's ``ood_layers`` and the
+    head's input; a :class:`kidney_lab.models.ood.LayeredDetector` models each). Writes ``val_predictions.csv`` (with the OOD columns) and
     ``ood_detector.json`` (threshold: the ``percentile`` of the validation scores); see
     :mod:`kidney_lab.evaluation.trust`. Evaluating the test split afterwards writes
     ``calibration.json``.
@@ -303,10 +309,13 @@ def fit_trust(
         model = load_kept_model(folder, info)
     started = time.perf_counter()
     image_size = int(info.image_size)
-    table, validation_features = predict_with_features(model, validation, image_size)
-    _, training_features = predict_with_features(model, training, image_size)
-    detector = ood.fit(training_features, training["label"].astype(str).tolist(), validation_features,
-                       percentile=percentile)
+    layers = registry.get_spec(info.model).ood_layers
+    table, validation_features = predict_with_features(model, validation, image_size, layers=layers)
+    _, training_features = predict_with_features(model, training, image_size, layers=layers)
+    detector = ood.fit_layered(
+        training_features, training["label"].astype(str).tolist(), validation_features,
+        segments=(*layers, ood.HEAD_SEGMENT), sizes=ood.segment_sizes(model, layers), percentile=percentile,
+    )
     table = trust.add_ood_columns(table, detector, validation_features)
     seconds = time.perf_counter() - started
     predictions_file, detector_file = runs.validation_predictions_path(folder), runs.detector_path(folder)

@@ -7,8 +7,9 @@ Three files of the run folder (their paths are the run store's facts, :mod:`kidn
   predictions on the run's validation images, a predictions table with ``cluster`` (and the OOD
   columns below). Calibration is fitted on it, never on test images.
 - ``ood_detector.json`` (:func:`kidney_lab.runs.detector_path`): a
-  :class:`kidney_lab.models.ood.Detector` fitted on the pooled features of the run's training
-  images, its threshold the 95th percentile of the validation images' scores.
+  :class:`kidney_lab.models.ood.LayeredDetector` fitted on the features of the run's training
+  images (the mean-pooled activations of the registry's ``ood_layers`` and the head's input),
+  its threshold the 95th percentile of the validation images' scores.
 - ``calibration.json`` (:func:`kidney_lab.runs.calibration_path`): the
   :func:`kidney_lab.evaluation.calibration.calibration_report` of the validation and test
   predictions (temperature, NLL, Brier and ECE before and after).
@@ -45,7 +46,7 @@ ONE_CLASS_SHARE = 0.9
 CHANCE_MACRO_F1 = 0.3
 
 
-def read_detector(run_dir: str | os.PathLike[str]) -> ood.Detector | None:
+def read_detector(run_dir: str | os.PathLike[str]) -> ood.AnyDetector | None:
     """The run's OOD detector, or None when it has none.
 
     Raises:
@@ -60,7 +61,7 @@ def read_detector(run_dir: str | os.PathLike[str]) -> ood.Detector | None:
     except (OSError, UnicodeDecodeError) as error:
         raise ood.OODError(f"{path} cannot be read ({error}); {_refit_hint(run_dir)}") from None
     try:
-        return ood.Detector.from_json(text)
+        return ood.loads(text)
     except ood.OODError as error:
         raise ood.OODError(f"{path}: {error} ({_refit_hint(run_dir)})") from None
 
@@ -104,7 +105,7 @@ def read_validation_predictions(run_dir: str | os.PathLike[str]) -> pd.DataFrame
     return store.read_predictions(path) if path.is_file() else None
 
 
-def add_ood_columns(table: pd.DataFrame, detector: ood.Detector, features: Any) -> pd.DataFrame:
+def add_ood_columns(table: pd.DataFrame, detector: ood.AnyDetector, features: Any) -> pd.DataFrame:
     """A copy of a predictions table with :data:`OOD_SCORE_COLUMN` and :data:`OOD_FLAGGED_COLUMN`.
 
     Args:
@@ -125,7 +126,7 @@ def add_ood_columns(table: pd.DataFrame, detector: ood.Detector, features: Any) 
     return scored
 
 
-def ood_summary(table: pd.DataFrame, detector: ood.Detector | None) -> dict[str, Any]:
+def ood_summary(table: pd.DataFrame, detector: ood.AnyDetector | None) -> dict[str, Any]:
     """``ood_flagged_share`` (share of the table's images flagged, 0 to 1) and ``ood_threshold``;
     both None without a detector or without the OOD columns."""
     share = flagged_share(table)

@@ -9,8 +9,11 @@ path. Three things keep it fast:
   loaded model;
 - the probabilities and the class activation map come from one compiled ``tf.function`` per
   explainer (traced once: the model's input size is fixed): one forward pass yields the
-  logits and the CAM layer's activations, and the gradient of the target logit with respect
+  logits, the CAM layer's activations and the pooled features before the head (what the run's
+  out-of-distribution detector scores), and the gradient of the target logit with respect
   to those activations only runs back through the head. There is no separate predict call;
+- the run's OOD detector and temperature are read once per loaded run (shared by its
+  explainers) and again only when their files change (:meth:`LoadedRun.trust`);
 - what depends on the scan's own size (cropping the padding, resizing to the scan) happens
   outside the compiled function on the small CAM grid, with Pillow.
 
@@ -166,7 +169,7 @@ class CamResult:
         probabilities: float ``(classes,)``.
         target: index of the class explained.
         grid: float32 ``(h, w)`` class activation map on the CAM layer's grid.
-        features: float32 ``(features,)`` pooled features before the head, from the same
+        features: float32 ``(features,)`` what the run's OOD detector scores, from the same
             forward pass (None where they were not computed).
     """
 
@@ -183,9 +186,10 @@ class LoadedRun:
         run_id: the run folder's name (or a label for a model not loaded from a run).
         spec: the model's registry entry.
         image_size: the model's input side in pixels.
-        graph: a private copy of the model that outputs ``[logits, CAM activations, pooled
-            features]`` (the features are the input of the head, what the run's
-            out-of-distribution detector scores).
+        graph: a private copy of the model that outputs ``[logits, CAM activations, features]``
+            (what the run's out-of-distribution detector scores:
+            :func:`kidney_lab.models.ood.feature_tensor` of :attr:`feature_layers`).
+        feature_layers: the registry's ``ood_layers`` (none when the model lacks one of them).
         run_dir: the run folder, or None for a model not loaded from a run (then it has no
             detector and no calibration).
     """
@@ -205,7 +209,7 @@ class LoadedRun:
         self.image_size = image_size
         self.run_dir = None if run_dir is None else Path(run_dir).absolute()
         self._trust_key: tuple | None = None
-        self._trust: tuple[ood.Detector | None, float] = (None, 1.0)
+        self._trust: tuple[ood.AnyDetector | None, float] = (None, 1.0)
         self._trust_lock = threading.Lock()
         shape = tuple(model.input_shape)
         if shape[1:3] != (image_size, image_size):
@@ -226,8 +230,9 @@ class LoadedRun:
         extracted = model_modifiers.ExtractIntermediateLayerForGradcam(
             spec.cam_layer, seek_conv_layer=False
         )(model)
-        # The pooled features come out of the same pass: the logits are computed from them anyway.
-        features = ood.head_input(model)
+        # The detector's features come out of the same pass: the layers they pool run anyway.
+        self.feature_layers = spec.ood_layers if all(name in names for name in spec.ood_layers) else ()
+        features = ood.feature_tensor(model, self.feature_layers)
         self.graph = keras.Model(extracted.inputs, [*extracted.outputs, features])
         # LayerCAM's graph: the logits, the CAM layer, the finer layers and the features, on the same weights.
         self.layer_graph = None
@@ -256,7 +261,7 @@ class LoadedRun:
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, len(classes.CLASS_NAMES)), np.float32)
 
-    def trust(self) -> tuple[ood.Detector | None, float]:
+    def trust(self) -> tuple[ood.AnyDetector | None, float]:
         """The run's OOD detector (None without one) and temperature (1.0 without calibration).
 
         Read once and kept; read again only when ``ood_detector.json`` or ``calibration.json``
@@ -422,11 +427,28 @@ class Explainer:
             raw_min=low,
             raw_max=high,
             seconds=time.perf_counter() - started,
-            ood=None if detector is None else detector.result(detector.score(result.features[None])[0]),
+            ood=None if detector is None else self._ood(detector, result.features),
             temperature=temperature,
             calibrated_probabilities={name: float(p) for name, p in zip(classes.CLASS_NAMES, calibrated)},
             run_dir=None if self.loaded.run_dir is None else str(self.loaded.run_dir),
         )
+
+    def _ood(self, detector: ood.AnyDetector, features: np.ndarray) -> dict[str, Any]:
+        """The detector's result for one feature vector of the compiled pass.
+
+        Raises:
+            kidney_lab.models.ood.OODError: the detector was fitted on other layers than the
+                ones the pass pools (a detector of the head alone scores the head's part).
+        """
+        if detector.feature_layers != self.loaded.feature_layers and not detector.feature_layers:
+            features = features[-detector.feature_count:]
+        elif detector.feature_layers != self.loaded.feature_layers:
+            raise ood.OODError(
+                f"Run {self.run_id}: its OOD detector was fitted on the layers {', '.join(detector.feature_layers)}, "
+                f"not on the registry's {', '.join(self.loaded.feature_layers) or 'head alone'}; fit it again "
+                f"(python -m kidney_lab fit-ood RUN)."
+            )
+        return detector.result(detector.score(features[None])[0])
 
     def cam(self, pixels: np.ndarray, target: int = -1) -> CamResult:
         """Run the compiled pass on one model input ``(1, S, S, 3)`` of raw 0-255 pixels.

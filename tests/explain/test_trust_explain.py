@@ -24,6 +24,7 @@ from kidney_lab.explain import cam
 from kidney_lab.explain import compare
 from kidney_lab.models import builders
 from kidney_lab.models import ood
+from kidney_lab.models import registry
 from tests.explain.conftest import lesion_phantom
 
 
@@ -57,7 +58,8 @@ def test_explain_json_carries_ood_calibration_and_the_scans_warnings(vit_run, tm
 def test_the_ood_score_comes_from_the_features_of_the_same_pass(vit_run) -> None:
     explainer = cam.load_explainer(vit_run, "gradcam")
     pixels = pipeline.prepare_scan(lesion_phantom("Cyst") / 255.0, explainer.image_size)
-    features = ood.pooled_features(builders.load_model(vit_run / runs.MODEL_FILE), pixels)
+    layers = registry.get_spec("vit").ood_layers
+    features = ood.pooled_features(builders.load_model(vit_run / runs.MODEL_FILE), pixels, layers=layers)
     np.testing.assert_allclose(explainer.cam(pixels).features, features[0], rtol=1e-4, atol=1e-5)
     result = explainer.explain(lesion_phantom("Cyst"))
     detector = trust_files.read_detector(vit_run)
