@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(evaluate)
     evaluate.set_defaults(handler=_run_evaluate)
 
+    fit_ood = commands.add_parser(
+        "fit-ood", help="fit a run's out-of-distribution detector and calibration, then re-evaluate its test split"
+    )
+    fit_ood.add_argument("run", metavar="RUN_DIR", help="run folder, or run id in the workspace")
+    _add_workspace(fit_ood)
+    _add_json(fit_ood)
+    fit_ood.set_defaults(handler=_run_fit_ood)
+
     board = commands.add_parser("leaderboard", help="rank evaluated runs, only against runs tested on the same images")
     board.add_argument("--study", default=None, help="only runs of this study id")
     board.add_argument("--split", choices=("random", "grouped", "external", "cv"), default=None,
@@ -366,12 +374,56 @@ def _run_evaluate(arguments: argparse.Namespace) -> dict[str, Any]:
     print("  recall " + "  ".join(f"{name} {row['recall']:.2f}" for name, row in result["per_class"].items()))
     duplicates = result["test_with_duplicate_in_train"]
     print(f"  images with a duplicate in training: {duplicates if duplicates is not None else 'not counted'}")
+    for line in _trust_lines(result):
+        print(f"  {line}")
     print(f"Predictions {result['predictions']}\nMetrics {result['metrics']}")
     fields = ("run_id", "model", "images", "accuracy", "macro_f1", "predictions", "metrics", "evaluated_on",
               "split_kind", "data", "fingerprint", "balanced_accuracy", "macro_roc_auc", "ece", "loss",
-              "test_with_duplicate_in_train", "intervals", "clusters_per_class", "few_clusters")
+              "test_with_duplicate_in_train", "intervals", "clusters_per_class", "few_clusters",
+              "ood_flagged_share", "ood_threshold", "calibration")
     return {**{field: result[field] for field in fields},
             "accuracy_ci": intervals["accuracy"], "macro_f1_ci": intervals["macro_f1"]}
+
+
+def _trust_lines(result: dict[str, Any]) -> list[str]:
+    """The OOD and calibration lines of an evaluation's printout."""
+    from kidney_lab.evaluation import trust
+
+    share, figures = result.get("ood_flagged_share"), trust.test_figures(result)
+    lines = [
+        "out of distribution: no detector (python -m kidney_lab fit-ood RUN fits one)" if share is None else
+        f"out of distribution: {share:.1%} of the images flagged (score > {result['ood_threshold']:.3f})"
+    ]
+    if figures is None:
+        lines.append("calibration: none (python -m kidney_lab fit-ood RUN fits it)")
+    else:
+        lines.append(
+            f"calibration: temperature {figures['temperature']:.3f} (fitted on {figures['fitted_on']}); "
+            f"NLL {figures['nll_before']:.3f} -> {figures['nll_after']:.3f}, Brier {figures['brier_before']:.3f} -> "
+            f"{figures['brier_after']:.3f}, ECE {figures['ece_before']:.3f} -> {figures['ece_after']:.3f}"
+        )
+    return lines
+
+
+def _run_fit_ood(arguments: argparse.Namespace) -> dict[str, Any]:
+    """Fit the run's OOD detector (and store its validation predictions), then evaluate its test
+    split again so that its predictions, metrics and calibration.json carry both."""
+    _start_tensorflow_quietly()
+    from kidney_lab.evaluation import evaluate as evaluate_module
+    from kidney_lab.evaluation import trust
+
+    fitted, result = evaluate_module.fit_ood(arguments.run, workspace=arguments.workspace)
+    print(f"Run {result['run_id']} ({result['display_name']}): OOD detector fitted on {fitted['training_images']} "
+          f"training images, threshold {fitted['threshold']:.3f} (the {fitted['percentile']:g}th percentile of "
+          f"{fitted['validation_images']} validation scores) in {fitted['seconds']:.1f} s")
+    print(f"  test split re-evaluated: {result['images']} images, accuracy {result['accuracy']:.3f}")
+    for line in _trust_lines(result):
+        print(f"  {line}")
+    print(f"Detector {fitted['detector']}\nValidation predictions {fitted['validation_predictions']}\n"
+          f"Calibration {fitted['calibration']}\nPredictions {result['predictions']}")
+    return {**fitted, "predictions": result["predictions"],
+            "metrics": result["metrics"], "ood_flagged_share": result["ood_flagged_share"],
+            "ood_threshold": result["ood_threshold"], "test_calibration": trust.test_figures(result)}
 
 
 def _run_leaderboard(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -449,7 +501,6 @@ def _run_explain(arguments: argparse.Namespace) -> dict[str, Any]:
     errors go to stderr as warnings and into the JSON); 1 when none was, or the image is
     unreadable."""
     _start_tensorflow_quietly()
-    from kidney_lab.data.scan import read_scan
     from kidney_lab.errors import ConfigError
     from kidney_lab.explain import cam, compare, render
     from kidney_lab.fileio import atomic_write_bytes
@@ -462,32 +513,40 @@ def _run_explain(arguments: argparse.Namespace) -> dict[str, Any]:
     render.colormap_table(arguments.colormap)
     if not 0.0 <= arguments.opacity <= 1.0:
         raise ConfigError(f"--opacity must be between 0 and 1; got {arguments.opacity}.")
-    scan = read_scan(arguments.image)
     resolved: list[Any] = []
     for reference in references:
         try:
             resolved.append(resolve_run(reference, arguments.workspace))
         except KidneyLabError:
             resolved.append(reference)  # explain() reports it for this run alone.
-    report = compare.explain(resolved, scan, method, arguments.target)
+    report = compare.explain(resolved, arguments.image, method, arguments.target)
+    for warning in report.warnings:
+        print(f"WARNING: {warning['message']}")
     out = arguments.out.resolve()
     paths: dict[str, dict[str, str]] = {}
     for result in report.results:
         stem = f"{result.run_id}-{method.replace('++', 'pp')}-{result.target.lower()}"
         files = {"heatmap": out / f"{stem}-heatmap.png", "overlay": out / f"{stem}-overlay.png"}
         atomic_write_bytes(files["heatmap"], render.to_png(result.heatmap))
-        drawn = render.overlay(scan, result.heatmap, arguments.opacity, arguments.colormap)
+        drawn = render.overlay(report.scan, result.heatmap, arguments.opacity, arguments.colormap)
         atomic_write_bytes(files["overlay"], render.to_png(drawn))
         paths[result.run_id] = {name: str(path) for name, path in files.items()}
-        probability = result.probabilities[result.predicted]
-        print(f"{result.display_name:<19} predicted {result.predicted:<6} ({probability:.2f})  "
+        probability = result.calibrated_probabilities[result.predicted]
+        caveats = compare.trust(result, report.scan_is_phantom)
+        flagged = compare.out_of_distribution_text(result.ood) + "  " if result.flagged else ""
+        print(f"{result.display_name:<19} {flagged}predicted {result.predicted:<6} ({probability:.2f}"
+              f"{', calibrated' if result.temperature != 1.0 else ''})  "
               f"{cam.get_method(method).display_name} for {result.target:<6} {result.seconds:.2f} s  {files['overlay']}")
+        for caveat in caveats[1 if result.flagged else 0:]:
+            print(f"{'':<19} caveat: {caveat}")
     for failure in report.errors:
         print(f"warning: run {failure['run_id']}: {failure['message']}", file=sys.stderr)
     if not report.ok:
         print(f"error: none of the {len(references)} runs could be explained; see the warnings above",
               file=sys.stderr)
         arguments.exit_status = EXIT_FAILURE
+    else:
+        print(compare.agreement(report.results).text.replace("**", ""))
     ensemble = _explain_ensemble(report, resolved, arguments, out)
     return {"image": str(arguments.image.resolve()), **compare.report_to_dict(report, paths), **ensemble}
 

@@ -157,6 +157,8 @@ class RunInfo:
         checkpoint: Epoch, logs, size (bytes) and mtime (ns) of the saved ``model.keras``.
         training_finished: True once training ended and the checkpoint was kept.
         train_seconds: Wall time of training (seconds).
+        trust_seconds: Wall time of predicting the validation images and fitting the
+            out-of-distribution detector on the training images after training (seconds).
         epochs_trained, best_epoch, kept_epoch: Epochs trained, the kept epoch's number and
             its logs.
         cv_id, fold, folds: For a fold of a grouped K-fold cross-validation: the stored fold
@@ -207,6 +209,7 @@ class RunInfo:
     checkpoint: dict[str, Any] | None = None
     training_finished: bool | None = None
     train_seconds: float | None = None
+    trust_seconds: float | None = None
     epochs_trained: int | None = None
     best_epoch: int | None = None
     kept_epoch: dict[str, Any] | None = None

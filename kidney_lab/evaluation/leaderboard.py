@@ -56,6 +56,7 @@ from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
 from kidney_lab.evaluation import study_ensemble
+from kidney_lab.evaluation import trust
 from kidney_lab.models import registry
 
 CV_KIND = cv_module.CV_KIND
@@ -70,7 +71,7 @@ COLUMNS = (
     "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high",
     "interval_resampling", "clusters", "clusters_per_class", "few_clusters", "cluster_warning", "degenerate",
     "cv_id", "folds", "macro_f1_fold_mean", "macro_f1_fold_sd",
-    "balanced_accuracy", "macro_auc", "ece", "loss", "test_with_duplicate_in_train",
+    "balanced_accuracy", "macro_auc", "ece", "loss", "ood_flagged_share", "test_with_duplicate_in_train",
     "weights", "image_size", "epochs", "train_seconds", "params", "model_bytes",
     "ms_per_image_batch_1", "ms_per_image_batch_32", "pointing_game", "energy_in_mask", "path",
 )
@@ -117,7 +118,9 @@ def leaderboard(
         ``p_test`` names (``"cluster"`` or ``"mcnemar"``); ``mcnemar_p_vs_best`` is that
         p-value where the test was McNemar's. ``members`` lists an ensemble row's runs. ``clusters_per_class`` is a dict (class ->
         clusters) and ``few_clusters`` a list of classes, both missing where the predictions
-        do not know their clusters. ``attrs["note"]`` says how
+        do not know their clusters. ``ood_flagged_share`` is the share of the evaluated images
+        the run's OOD detector flagged (from the predictions' ``ood_flagged`` column; missing
+        without a detector). ``attrs["note"]`` says how
         many comparable groups there are, ``attrs["groups"]`` describes each, and
         ``attrs["skipped"]`` lists ``{"run_id", "path", "reason"}`` for every run or evaluation
         that could not be read.
@@ -295,6 +298,7 @@ def _score_columns(predictions: pd.DataFrame, split_kind: str | None) -> dict[st
         "macro_auc": scores["macro_roc_auc"],
         "ece": scores["ece"],
         "loss": scores["loss"],
+        "ood_flagged_share": trust.flagged_share(predictions),
     }
 
 

@@ -36,6 +36,7 @@ from kidney_lab.evaluation import calibration
 from kidney_lab.evaluation import ensemble
 from kidney_lab.evaluation import stats
 from kidney_lab.evaluation import store
+from kidney_lab.evaluation import trust
 
 # The ``model`` of an ensemble's leaderboard row and metrics (not a registry name).
 ENSEMBLE_MODEL = "ensemble"
@@ -87,17 +88,8 @@ def read_temperature(run_dir: str | os.PathLike[str]) -> float | None:
         kidney_lab.evaluation.calibration.CalibrationError: the file cannot be read or holds no
             usable temperature.
     """
-    path = runs.calibration_path(run_dir)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise calibration.CalibrationError(f"{path} cannot be read ({errors.first_line(error)}).") from None
-    try:
-        return float(calibration.from_json(text)["temperature"])
-    except calibration.CalibrationError as error:
-        raise calibration.CalibrationError(f"{path}: {error}") from None
+    stored = trust.read_calibration(run_dir)
+    return None if stored is None else float(stored["temperature"])
 
 
 def member_temperatures(run_dirs: Sequence[str | os.PathLike[str]]) -> tuple[list[float], list[str]]:

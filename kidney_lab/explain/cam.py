@@ -9,8 +9,11 @@ path. Three things keep it fast:
   loaded model;
 - the probabilities and the class activation map come from one compiled ``tf.function`` per
   explainer (traced once: the model's input size is fixed): one forward pass yields the
-  logits and the CAM layer's activations, and the gradient of the target logit with respect
+  logits, the CAM layer's activations and the pooled features before the head (what the run's
+  out-of-distribution detector scores), and the gradient of the target logit with respect
   to those activations only runs back through the head. There is no separate predict call;
+- the run's OOD detector and temperature are read once per loaded run (shared by its
+  explainers) and again only when their files change (:meth:`LoadedRun.trust`);
 - what depends on the scan's own size (cropping the padding, resizing to the scan) happens
   outside the compiled function on the small CAM grid, with Pillow.
 
@@ -66,7 +69,10 @@ from kidney_lab import runs
 from kidney_lab.data import classes
 from kidney_lab.data import pipeline
 from kidney_lab.data import scan as scan_module
+from kidney_lab.evaluation import calibration
+from kidney_lab.evaluation import trust as trust_files
 from kidney_lab.models import builders
+from kidney_lab.models import ood
 from kidney_lab.models import registry
 
 # The method registry: registry name -> method class, in the order methods are offered. Filled by
@@ -101,6 +107,13 @@ class Explanation:
         seconds: wall-clock time of this model's part: the compiled pass and the resizing,
             plus making the model input unless it was made already (by :func:`explain` for an
             earlier model of the same input size).
+        ood: ``{"score", "threshold", "flagged"}`` of the run's out-of-distribution detector for
+            this scan (:meth:`kidney_lab.models.ood.Detector.result`), or None when the run has
+            no detector.
+        temperature: the run's fitted temperature (1.0 without calibration).
+        calibrated_probabilities: class -> probability after the temperature (the same as
+            ``probabilities`` at 1.0; the most probable class never changes).
+        run_dir: the run folder (absolute), or None for a model not loaded from a run.
     """
 
     run_id: str
@@ -114,6 +127,15 @@ class Explanation:
     raw_min: float
     raw_max: float
     seconds: float
+    ood: dict[str, Any] | None = None
+    temperature: float = 1.0
+    calibrated_probabilities: dict[str, float] = dataclasses.field(default_factory=dict)
+    run_dir: str | None = None
+
+    @property
+    def flagged(self) -> bool:
+        """Whether the run's detector flags this scan as out of distribution."""
+        return bool(self.ood and self.ood["flagged"])
 
     @property
     def raw_heatmap(self) -> np.ndarray:
@@ -133,6 +155,9 @@ class Explanation:
             "raw_min": self.raw_min,
             "raw_max": self.raw_max,
             "seconds": self.seconds,
+            "ood": None if self.ood is None else dict(self.ood),
+            "temperature": self.temperature,
+            "calibrated_probabilities": dict(self.calibrated_probabilities),
         }
 
 
@@ -144,11 +169,14 @@ class CamResult:
         probabilities: float ``(classes,)``.
         target: index of the class explained.
         grid: float32 ``(h, w)`` class activation map on the CAM layer's grid.
+        features: float32 ``(features,)`` what the run's OOD detector scores, from the same
+            forward pass (None where they were not computed).
     """
 
     probabilities: np.ndarray
     target: int
     grid: np.ndarray
+    features: np.ndarray | None = None
 
 
 class LoadedRun:
@@ -158,19 +186,31 @@ class LoadedRun:
         run_id: the run folder's name (or a label for a model not loaded from a run).
         spec: the model's registry entry.
         image_size: the model's input side in pixels.
-        graph: a private copy of the model that outputs ``[logits, CAM activations]``.
+        graph: a private copy of the model that outputs ``[logits, CAM activations, features]``
+            (what the run's out-of-distribution detector scores:
+            :func:`kidney_lab.models.ood.feature_tensor` of :attr:`feature_layers`).
+        feature_layers: the registry's ``ood_layers`` (none when the model lacks one of them).
+        run_dir: the run folder, or None for a model not loaded from a run (then it has no
+            detector and no calibration).
     """
 
-    def __init__(self, model: keras.Model, spec: registry.ModelSpec, image_size: int, run_id: str) -> None:
+    def __init__(
+        self, model: keras.Model, spec: registry.ModelSpec, image_size: int, run_id: str,
+        run_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         """Prepare ``model`` (which this object then owns and changes) for explanation.
 
         Raises:
             kidney_lab.models.registry.ModelLoadError: the model's input size is not
-                ``image_size``, or it lacks the registry's CAM layer or output layer.
+                ``image_size``, or it lacks the registry's CAM layer, head or output layer.
         """
         self.run_id = run_id
         self.spec = spec
         self.image_size = image_size
+        self.run_dir = None if run_dir is None else Path(run_dir).absolute()
+        self._trust_key: tuple | None = None
+        self._trust: tuple[ood.AnyDetector | None, float] = (None, 1.0)
+        self._trust_lock = threading.Lock()
         shape = tuple(model.input_shape)
         if shape[1:3] != (image_size, image_size):
             raise registry.ModelLoadError(
@@ -178,7 +218,7 @@ class LoadedRun:
                 f"{image_size} px; the run folder is inconsistent."
             )
         names = {layer.name for layer in model.layers}
-        for needed in (spec.cam_layer, registry.OUTPUT_LAYER):
+        for needed in (spec.cam_layer, *registry.HEAD_LAYERS):
             if needed not in names:
                 raise registry.ModelLoadError(
                     f"Run {run_id}: the {spec.display_name} model has no layer {needed!r}, so it "
@@ -187,21 +227,26 @@ class LoadedRun:
         # The softmax becomes linear on this private copy so the graph outputs logits: the
         # score Grad-CAM differentiates and the one a saturated softmax would flatten.
         model_modifiers.ReplaceToLinear()(model)
-        self.graph = model_modifiers.ExtractIntermediateLayerForGradcam(
+        extracted = model_modifiers.ExtractIntermediateLayerForGradcam(
             spec.cam_layer, seek_conv_layer=False
         )(model)
-        graph = self.graph
-        # LayerCAM's graph: the logits, the CAM layer and the finer layers, on the same weights.
+        # The detector's features come out of the same pass: the layers they pool run anyway.
+        self.feature_layers = spec.ood_layers if all(name in names for name in spec.ood_layers) else ()
+        features = ood.feature_tensor(model, self.feature_layers)
+        self.graph = keras.Model(extracted.inputs, [*extracted.outputs, features])
+        # LayerCAM's graph: the logits, the CAM layer, the finer layers and the features, on the same weights.
         self.layer_graph = None
         if spec.fine_cam_layers and all(name in names for name in spec.fine_cam_layers):
             layers = (spec.cam_layer, *spec.fine_cam_layers)
             self.layer_graph = keras.Model(
-                model.inputs, [self.graph.outputs[0], *(model.get_layer(name).output for name in layers)]
+                model.inputs, [extracted.outputs[0], *(model.get_layer(name).output for name in layers), features]
             )
+
+        graph = self.graph
 
         # Its own function object, for the reason given in Explainer.__init__.
         def probabilities(pixels: tf.Tensor) -> tf.Tensor:
-            logits, _ = graph(pixels, training=False)
+            logits, *_ = graph(pixels, training=False)
             return tf.nn.softmax(tf.cast(logits, tf.float32))
 
         self._predict = tf.function(
@@ -215,6 +260,34 @@ class LoadedRun:
             for start in range(0, len(pixels), batch_size)
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, len(classes.CLASS_NAMES)), np.float32)
+
+    def trust(self) -> tuple[ood.AnyDetector | None, float]:
+        """The run's OOD detector (None without one) and temperature (1.0 without calibration).
+
+        Read once and kept; read again only when ``ood_detector.json`` or ``calibration.json``
+        changes on disk (``fit-ood`` on a run the app has loaded).
+
+        Raises:
+            kidney_lab.models.ood.OODError, kidney_lab.evaluation.calibration.CalibrationError:
+                a stored file is damaged.
+        """
+        if self.run_dir is None:
+            return None, 1.0
+        key = tuple(_file_key(path) for path in (runs.detector_path(self.run_dir), runs.calibration_path(self.run_dir)))
+        with self._trust_lock:
+            if key != self._trust_key:
+                self._trust = (trust_files.read_detector(self.run_dir), trust_files.temperature(self.run_dir))
+                self._trust_key = key
+            return self._trust
+
+
+def _file_key(path: Path) -> tuple[int, int] | None:
+    """A file's modification time (ns) and size, or None when it does not exist."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 class Explainer:
@@ -273,7 +346,7 @@ class Explainer:
 
         # A function object of its own per explainer: TensorFlow counts traces per Python
         # function, and one shared bound method would look like needless retracing.
-        def compiled_pass(pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        def compiled_pass(pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
             return self._map_pass(pixels, target)
 
         self._pass = tf.function(compiled_pass, input_signature=signature)
@@ -335,11 +408,13 @@ class Explainer:
         started = time.perf_counter()
         if pixels is None:
             pixels = pipeline.prepare_scan(scan.image, self.image_size)
+        detector, temperature = self.loaded.trust()
         result = self.cam(pixels, target)
         height, width = scan.image.shape[:2]
         raw = grid_to_scan(result.grid, self.image_size, height, width)
         heatmap, low, high = normalise(raw)
         probabilities = {name: float(p) for name, p in zip(classes.CLASS_NAMES, result.probabilities)}
+        calibrated = calibration.apply_temperature(np.asarray(result.probabilities, np.float64)[None], temperature)[0]
         return Explanation(
             run_id=self.run_id,
             model=self.model_name,
@@ -352,7 +427,28 @@ class Explainer:
             raw_min=low,
             raw_max=high,
             seconds=time.perf_counter() - started,
+            ood=None if detector is None else self._ood(detector, result.features),
+            temperature=temperature,
+            calibrated_probabilities={name: float(p) for name, p in zip(classes.CLASS_NAMES, calibrated)},
+            run_dir=None if self.loaded.run_dir is None else str(self.loaded.run_dir),
         )
+
+    def _ood(self, detector: ood.AnyDetector, features: np.ndarray) -> dict[str, Any]:
+        """The detector's result for one feature vector of the compiled pass.
+
+        Raises:
+            kidney_lab.models.ood.OODError: the detector was fitted on other layers than the
+                ones the pass pools (a detector of the head alone scores the head's part).
+        """
+        if detector.feature_layers != self.loaded.feature_layers and not detector.feature_layers:
+            features = features[-detector.feature_count:]
+        elif detector.feature_layers != self.loaded.feature_layers:
+            raise ood.OODError(
+                f"Run {self.run_id}: its OOD detector was fitted on the layers {', '.join(detector.feature_layers)}, "
+                f"not on the registry's {', '.join(self.loaded.feature_layers) or 'head alone'}; fit it again "
+                f"(python -m kidney_lab fit-ood RUN)."
+            )
+        return detector.result(detector.score(features[None])[0])
 
     def cam(self, pixels: np.ndarray, target: int = -1) -> CamResult:
         """Run the compiled pass on one model input ``(1, S, S, 3)`` of raw 0-255 pixels.
@@ -361,8 +457,9 @@ class Explainer:
             pixels: the model input, as :func:`kidney_lab.data.pipeline.prepare_scan` makes it.
             target: class index, or -1 for the predicted class.
         """
-        probabilities, index, grid = self._pass(tf.constant(pixels, tf.float32), tf.constant(target, tf.int32))
-        return CamResult(probabilities.numpy(), int(index.numpy()), grid.numpy().astype(np.float32))
+        probabilities, index, grid, features = self._pass(tf.constant(pixels, tf.float32), tf.constant(target, tf.int32))
+        return CamResult(probabilities.numpy(), int(index.numpy()), grid.numpy().astype(np.float32),
+                         features.numpy().astype(np.float32))
 
     def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor | None) -> tf.Tensor:
         """One weight per channel of one layer, for the default :meth:`layer_map`.
@@ -395,33 +492,36 @@ class Explainer:
         return tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1))
 
     def _graph(self) -> keras.Model:
-        """The graph of the layers the method reads: outputs ``[logits, activations, ...]``."""
+        """The graph of the layers the method reads: outputs ``[logits, activations, ..., features]``."""
         if self.reads_fine_layers and self.loaded.layer_graph is not None:
             return self.loaded.layer_graph
         return self.loaded.graph
 
-    def _forward(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, list[tf.Tensor]]:
-        logits, *outputs = self._graph()(pixels, training=False)
+    def _forward(
+        self, pixels: tf.Tensor, target: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, list[tf.Tensor], tf.Tensor]:
+        logits, *outputs, features = self._graph()(pixels, training=False)
         logits, index, probabilities = _target_and_probabilities(logits, target)
-        return logits, index, probabilities, [tf.cast(output, tf.float32) for output in outputs]
+        layers = [tf.cast(output, tf.float32) for output in outputs]
+        return logits, index, probabilities, layers, tf.cast(features[0], tf.float32)
 
-    def _map_pass(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def _map_pass(self, pixels: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         # tf-keras-vis runs a fresh eager pass per call and computes the map in NumPy, so the
         # forward pass, the gradient and the weighting are fused into this one graph instead.
         if self.needs_gradients:
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(pixels)
-                logits, index, probabilities, layers = self._forward(pixels, target)
+                logits, index, probabilities, layers, features = self._forward(pixels, target)
                 score = tf.gather(logits[0], index)
             gradients = tape.gradient(score, layers)
         else:
-            _, index, probabilities, layers = self._forward(pixels, target)
+            _, index, probabilities, layers, features = self._forward(pixels, target)
             gradients = [None] * len(layers)
         maps = [
             self.layer_map(activations[0], None if layer_gradients is None else layer_gradients[0], pixels, index)
             for activations, layer_gradients in zip(layers, gradients)
         ]
-        return probabilities, index, self._fuse(maps)
+        return probabilities, index, self._fuse(maps), features
 
     def _fuse(self, maps: list[tf.Tensor]) -> tf.Tensor:
         if len(maps) == 1:
@@ -617,7 +717,7 @@ class ScoreCam(Explainer):
         batch = self.batch_size(channels, size)
         weights = []
         for start in range(0, channels, batch):
-            logits, _ = self.loaded.graph(masked[start:start + batch], training=False)
+            logits, *_ = self.loaded.graph(masked[start:start + batch], training=False)
             weights.append(tf.gather(tf.nn.softmax(tf.cast(logits, tf.float32)), index, axis=1))
         weights = tf.concat(weights, axis=0)
         return tf.nn.relu(tf.reduce_sum(chosen * weights, axis=-1))
@@ -810,7 +910,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
         raise ExplainError(f"Run {folder.name} cannot be explained: {reason}.")
     spec = registry.get_spec(model_name)
     model = builders.load_model(folder / runs.MODEL_FILE)
-    return LoadedRun(model, spec, size, folder.name)
+    return LoadedRun(model, spec, size, folder.name, folder)
 
 
 def load_explainer(run_dir: str | os.PathLike[str], method: str = "gradcam") -> Explainer:

@@ -6,12 +6,18 @@ that cannot be loaded, or a method that fails on one model (out of memory, say),
 for that run alone in :attr:`ExplainReport.errors`; the other runs still return. Only a bad
 request fails the whole call: an unreadable image, an unknown method or target class.
 
+Before any model runs, the scan's content is checked (:func:`kidney_lab.data.content.check_scan`:
+a DICOM that is not CT, an odd rescale, a colour photo, a constant image, pure noise); the
+warnings travel with the report. Each model's answer carries its out-of-distribution score and
+its calibrated probabilities (see :class:`kidney_lab.explain.cam.Explanation`).
+
 What the Compare page shows around the heat maps is decided here too, so that the page only
-draws it: which runs it uses by default (:func:`usable_runs`, :func:`default_runs`), how far
-the models agree (:func:`agreement`) and the predictions table it offers for download
-(:func:`predictions_csv`, with the library's ``prob_<class>`` columns) and the calibrated
-ensemble of the models shown (:func:`ensemble_result`: mean probabilities and one combined heat
-map). Importing this module
+draws it: which runs it uses by default (:func:`usable_runs`, :func:`default_runs`), which
+caveats come before a model's class (:func:`trust`, the one place that decides them), how far
+the models agree (:func:`agreement`, never counting flagged models), the predictions table it
+offers for download (:func:`predictions_csv`, with the library's ``prob_<class>`` columns) and
+the calibrated ensemble of the models shown (:func:`ensemble_result`: mean probabilities and one
+combined heat map). Importing this module
 loads no TensorFlow (the models load when :func:`explain` runs), so the page can ask these
 questions before any model is needed.
 """
@@ -30,7 +36,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from kidney_lab import errors
 from kidney_lab import runs as runs_module
 from kidney_lab.data import classes
+from kidney_lab.data import content
+from kidney_lab.data import phantom
 from kidney_lab.data import scan as scan_module
+from kidney_lab.evaluation import store
+from kidney_lab.evaluation import trust as trust_files
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,6 +67,11 @@ class ExplainReport:
             order the runs were given.
         errors: ``{"run_id", "message"}`` per run that did not.
         seconds: wall-clock time of the whole call (reading the image included).
+        warnings: the content checks of the scan, ``{"code", "message"}`` each
+            (:func:`kidney_lab.data.content.check_scan`), made before any model ran.
+        scan_is_phantom: True for a phantom of a kidney_lab phantom set (an image given by its
+            path inside one), False for any other image given by path, None when not known
+            (bytes, an array or a decoded scan).
     """
 
     scan: scan_module.Scan = dataclasses.field(repr=False)
@@ -64,6 +79,8 @@ class ExplainReport:
     results: list[cam.Explanation]
     errors: list[dict[str, str]]
     seconds: float
+    warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    scan_is_phantom: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -103,6 +120,7 @@ def explain(
     if not references:
         raise errors.ConfigError("No run to explain with; give at least one run folder or id.")
     scan = cam.load_image(image)
+    warnings = content.check_scan(scan)
     inputs: dict[int, np.ndarray] = {}
     results: list[cam.Explanation] = []
     failures: list[dict[str, str]] = []
@@ -115,7 +133,17 @@ def explain(
             results.append(explainer.explain_prepared(scan, inputs[size], index))
         except Exception as error:  # One run's failure, whatever it is, must not hide the others.
             failures.append({"run_id": _run_label(reference), "message": _message(error, method)})
-    return ExplainReport(scan, method, results, failures, time.perf_counter() - started)
+    return ExplainReport(scan, method, results, failures, time.perf_counter() - started, warnings,
+                         is_phantom_scan(image))
+
+
+def is_phantom_scan(image: Any) -> bool | None:
+    """Whether an image is a kidney_lab phantom: for a path, whether it lies in a class folder
+    of a phantom set (:func:`kidney_lab.data.phantom.is_phantom_data`); None for anything else
+    (bytes, arrays and decoded scans do not say where they came from)."""
+    if not isinstance(image, (str, os.PathLike)):
+        return None
+    return phantom.is_phantom_data(Path(image).absolute().parent.parent)
 
 
 def _run_label(reference: RunRef) -> str:
@@ -149,10 +177,61 @@ def report_to_dict(report: ExplainReport, paths: dict[str, dict[str, str]] | Non
     results = []
     for result in report.results:
         row = result.to_dict()
+        row["caveats"] = trust(result, report.scan_is_phantom)
         row.update((paths or {}).get(result.run_id, {"heatmap": None, "overlay": None}))
         results.append(row)
-    return {"method": report.method, "results": results, "errors": list(report.errors),
+    return {"method": report.method, "warnings": [dict(warning) for warning in report.warnings],
+            "scan_is_phantom": report.scan_is_phantom, "results": results, "errors": list(report.errors),
+            "agreement": agreement(report.results).text if report.results else None,
             "seconds": report.seconds}
+
+
+def trust(result: cam.Explanation, scan_is_phantom: bool | None) -> list[str]:
+    """The caveats that come before one model's answer, most serious first (empty: none).
+
+    This is the one place that decides them:
+
+    - the run's detector flags the scan as out of distribution;
+    - the model was trained on kidney_lab phantoms and the scan is real (or not known to be a
+      phantom), or trained on real slices and the scan is a phantom (``run.json``'s data
+      folder, through :func:`kidney_lab.data.phantom.is_phantom_data`);
+    - on its own test images it predicts one class for nearly everything or scores at chance
+      (:func:`kidney_lab.evaluation.trust.metrics_caveats` of its stored ``metrics.json``).
+
+    Args:
+        result: one model's explanation (its ``ood`` and ``run_dir`` are read when present).
+        scan_is_phantom: see :attr:`ExplainReport.scan_is_phantom`.
+
+    Returns:
+        Short sentences, each starting with what is wrong.
+    """
+    caveats = []
+    found = getattr(result, "ood", None)
+    if found and found["flagged"]:
+        caveats.append(out_of_distribution_text(found))
+    run_dir = getattr(result, "run_dir", None)
+    if run_dir is None:
+        return caveats
+    data_root = runs_module.read_info(run_dir).data_root
+    trained_on_phantoms = None if not data_root else phantom.is_phantom_data(data_root)
+    if trained_on_phantoms and scan_is_phantom is not True:
+        caveats.append(
+            "trained on synthetic phantoms only" + (" and this scan is not one" if scan_is_phantom is False else "")
+            + ": its answer means nothing for a real CT slice"
+        )
+    elif trained_on_phantoms is False and scan_is_phantom:
+        caveats.append("trained on real CT slices, and this is a synthetic phantom")
+    try:
+        stored = store.load_metrics(run_dir)
+    except store.EvaluationError:
+        stored = None
+    caveats.extend(trust_files.metrics_caveats(stored))
+    return caveats
+
+
+def out_of_distribution_text(found: dict[str, Any]) -> str:
+    """``"OUT OF DISTRIBUTION (score s > threshold t)"`` of a flagged ``ood`` result."""
+    return f"OUT OF DISTRIBUTION (score {found['score']:.2f} > threshold {found['threshold']:.2f})"
 
 
 # What the Compare page shows around the heat maps ---------------------------------------------
@@ -232,10 +311,13 @@ class Agreement:
 
     Attributes:
         total: how many models predicted.
-        votes: class -> how many models predict it, most voted first.
-        leader: the class most models predict, or ``None`` when two or more classes tie for it.
-        count: how many models predict the most voted class (or each of the tied ones).
+        votes: class -> how many unflagged models predict it, most voted first.
+        leader: the class most unflagged models predict, or ``None`` when two or more classes
+            tie for it or every model is flagged.
+        count: how many unflagged models predict the most voted class (or each of the tied ones).
         text: one or two sentences of Markdown that say so, naming the models.
+        flagged: how many models' detectors flag the scan as out of distribution; they are
+            never counted as agreeing.
     """
 
     total: int
@@ -243,24 +325,29 @@ class Agreement:
     leader: str | None
     count: int
     text: str
+    flagged: int = 0
 
     @property
     def unanimous(self) -> bool:
-        """True when every model predicts the same class."""
-        return self.count == self.total
+        """True when every model predicts the same class and none is flagged."""
+        return self.flagged == 0 and self.count == self.total
 
 
 def agreement(results: Sequence[cam.Explanation]) -> Agreement:
     """How far the models behind ``results`` agree on their predicted class.
 
     Agreement is counted, never weighed: it is not a diagnosis, and several models can be
-    wrong together.
+    wrong together. A model whose detector flags the scan as out of distribution is never
+    counted: the text then speaks of "N of M unflagged models" and names the flagged ones.
 
     Raises:
         ValueError: ``results`` is empty (there is nothing to agree on).
     """
     if not results:
         raise ValueError("No model predicted this scan, so there is no agreement to report.")
+    flagged = [result for result in results if _is_flagged(result)]
+    if flagged:
+        return _agreement_with_flagged(results, flagged)
     votes = collections.Counter(result.predicted for result in results)
     total = len(results)
     (leader, count), = votes.most_common(1)
@@ -283,15 +370,54 @@ def agreement(results: Sequence[cam.Explanation]) -> Agreement:
                      count=count, text=text)
 
 
+def _ood_cells(result: Any) -> list[str]:
+    found = getattr(result, "ood", None)
+    return ["", ""] if not found else [f"{found['score']:.4f}", str(bool(found["flagged"]))]
+
+
+def _is_flagged(result: Any) -> bool:
+    found = getattr(result, "ood", None)
+    return bool(found and found["flagged"])
+
+
+def _agreement_with_flagged(results: Sequence[cam.Explanation], flagged: Sequence[cam.Explanation]) -> Agreement:
+    """The agreement of the unflagged models, saying which models were left out and why."""
+    counted = [result for result in results if not _is_flagged(result)]
+    names = ", ".join(result.display_name for result in flagged)
+    left_out = (f"{len(flagged)} of {len(results)} models ({names}) flag the scan as out of distribution "
+                "and are not counted.")
+    if not counted:
+        return Agreement(total=len(results), votes={}, leader=None, count=0, flagged=len(flagged),
+                         text=f"**Every model flags the scan as out of distribution** ({names}): no answer counts.")
+    votes = collections.Counter(result.predicted for result in counted)
+    (leader, count), = votes.most_common(1)
+    tied = list(votes.values()).count(count) > 1
+    unflagged = len(counted)
+    if tied:
+        groups = "; ".join(
+            f"{label}: {', '.join(result.display_name for result in counted if result.predicted == label)}"
+            for label, _ in votes.most_common()
+        )
+        text = f"**The {unflagged} unflagged models disagree** ({groups}). {left_out}"
+    else:
+        others = ", ".join(f"{result.display_name} predicts {result.predicted}"
+                           for result in counted if result.predicted != leader)
+        model_word = "model" if unflagged == 1 else "models"
+        text = (f"**{count} of {unflagged} unflagged {model_word}** predict **{leader}**"
+                f"{'; ' + others if others else ''}. {left_out}")
+    return Agreement(total=len(results), votes=dict(votes.most_common()), leader=None if tied else leader,
+                     count=count, text=text, flagged=len(flagged))
+
+
 def prediction_columns() -> list[str]:
     """The columns of :func:`predictions_csv`: the scan, the run, the method, the prediction,
     the class explained, one probability column per class (named as in every stored
-    ``predictions.csv``: :func:`kidney_lab.evaluation.metrics.probability_columns`) and the
-    seconds the model took."""
+    ``predictions.csv``: :func:`kidney_lab.evaluation.metrics.probability_columns`), the
+    seconds the model took, and the OOD score and flag (empty without a detector)."""
     from kidney_lab.evaluation import metrics
 
     return ["scan", "run_id", "model", "method", "predicted", "explained_class",
-            *metrics.probability_columns(), "seconds"]
+            *metrics.probability_columns(), "seconds", "ood_score", "ood_flagged"]
 
 
 def predictions_csv(scans: Sequence[tuple[str, Sequence[cam.Explanation]]]) -> str:
@@ -311,7 +437,7 @@ def predictions_csv(scans: Sequence[tuple[str, Sequence[cam.Explanation]]]) -> s
         for result in results:
             writer.writerow([name, result.run_id, result.model, result.method, result.predicted, result.target,
                              *[f"{result.probabilities[label]:.6f}" for label in classes.CLASS_NAMES],
-                             f"{result.seconds:.4f}"])
+                             f"{result.seconds:.4f}", *_ood_cells(result)])
     return buffer.getvalue()
 
 

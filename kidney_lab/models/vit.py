@@ -394,13 +394,13 @@ def build_vit(
 
     outputs = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="vit_rescaling")(inputs)
     outputs = PatchEmbedding(
-        patch_size, dim, stem_channels=stem_channels, name="vit_patch_embedding"
+        patch_size, dim, stem_channels=stem_channels, name=vit_presets.PATCH_EMBEDDING_LAYER
     )(outputs)
     outputs = keras.layers.Reshape((grid * grid, dim), name="vit_tokens")(outputs)
     outputs = PositionEmbedding(name="vit_position_embedding")(outputs)
     for index in range(depth):
         outputs = TransformerBlock(
-            dim, heads, mlp_dim, dropout=dropout, name=f"vit_block_{index + 1}"
+            dim, heads, mlp_dim, dropout=dropout, name=f"{vit_presets.BLOCK_LAYER_PREFIX}{index + 1}"
         )(outputs)
     outputs = keras.layers.LayerNormalization(epsilon=_LAYER_NORM_EPSILON, name="vit_norm")(
         outputs

@@ -12,6 +12,9 @@ from typing import Any
 
 # The name of the layer that holds the last tokens as a (grid_h, grid_w, dim) grid.
 TOKEN_GRID_LAYER = "vit_token_grid"
+# The patch embedding and the encoder blocks (``BLOCK_LAYER_PREFIX`` + 1, 2, ...).
+PATCH_EMBEDDING_LAYER = "vit_patch_embedding"
+BLOCK_LAYER_PREFIX = "vit_block_"
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "patch_size": 16,

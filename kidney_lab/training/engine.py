@@ -3,7 +3,7 @@
 Its settings are a :class:`kidney_lab.training.config.TrainConfig` (declared there with the flags
 of ``python -m kidney_lab train``). One model's run goes through named steps: choose the devices,
 build the datasets and the model, record the setup, plan the phases, run each phase, record how
-training went, evaluate.
+training went, fit the trust files (validation predictions, OOD detector), evaluate.
 
 One call is one study: every model is trained on the same stored split and its runs share a
 study id. For each model the engine
@@ -13,8 +13,12 @@ study id. For each model the engine
    network at a lower learning rate with BatchNormalization kept in inference mode; from
    random initialisation end to end,
 3. keeps the checkpoint of lowest validation loss as ``model.keras`` (written atomically),
-4. evaluates that saved file on the test split, storing ``predictions.csv`` and
-   ``metrics.json``.
+4. predicts the validation images with that saved model (``val_predictions.csv``) and fits the
+   out-of-distribution detector on the training images' pooled features
+   (``ood_detector.json``), one extra pass over both without augmentation,
+5. evaluates that saved file on the test split, storing ``predictions.csv`` (with OOD scores),
+   ``metrics.json`` and ``calibration.json`` (temperature scaling fitted on the validation
+   predictions, scored on the test images).
 
 Class weights are "balanced" weights of the training split, in the registry's class order.
 ``BackupAndRestore`` keeps the state of the last finished epoch, so running the same command
@@ -382,7 +386,8 @@ def _fit_and_evaluate(
         leftover.unlink(missing_ok=True)
     if runs.read_info(path).training_finished and (path / runs.MODEL_FILE).is_file():
         log.write("training had finished before; evaluating the stored checkpoint")
-        return _evaluate(path, listener, None)
+        model = None if runs.detector_path(path).is_file() else _fit_trust(path, listener, log)
+        return _evaluate(path, listener, model)
 
     keras.utils.set_random_seed(config.seed)
     devices = _choose_devices(config)
@@ -405,7 +410,7 @@ def _fit_and_evaluate(
     if not distribute.is_chief(config.strategy):
         log.write("not the chief worker: the chief evaluates the model")
         return {}
-    return _evaluate(path, listener, None)
+    return _evaluate(path, listener, _fit_trust(path, listener, log))
 
 
 def _choose_devices(config: config_module.TrainConfig) -> _Devices:
@@ -606,6 +611,25 @@ def _record_training(path: Path, seconds: float, memory: "_PeakMemory") -> None:
         **memory.summary(),
     )
     shutil.rmtree(path / runs.BACKUP_FOLDER, ignore_errors=True)
+
+
+def _fit_trust(path: Path, listener: Listener | None, log: "_RunLog") -> keras.Model:
+    """Predict the validation images with the kept model and fit the OOD detector on the training
+    images' pooled features (:func:`kidney_lab.evaluation.evaluate.fit_trust`); record its time.
+
+    Returns the kept model, loaded once for this and the evaluation that follows.
+    """
+    runs.write_status(path, {"state": runs.RUNNING, "phase": "fitting the out-of-distribution detector"})
+    _emit(listener, path.name, path)
+    model = evaluate_module.load_kept_model(path)
+    fitted = evaluate_module.fit_trust(path, model=model)
+    runs.update_run_info(path, trust_seconds=fitted["seconds"])
+    log.write(
+        f"OOD detector fitted on {fitted['training_images']} training images, threshold {fitted['threshold']:.3f} "
+        f"(the {fitted['percentile']:g}th percentile of {fitted['validation_images']} validation scores), "
+        f"validation predictions stored, in {fitted['seconds']:.1f} s"
+    )
+    return model
 
 
 def _checkpoint_loss(path: Path) -> float:

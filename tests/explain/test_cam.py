@@ -289,7 +289,7 @@ def test_a_sixth_method_is_one_class_and_the_cli_offers_it(sixth_method, vit_run
     # Its map is the mean of the CAM layer's channels, and the same for every class.
     explainer = cam.load_explainer(vit_run, "meanactivation")
     pixels = pipeline.prepare_scan(lesion_phantom("Stone") / 255.0, explainer.image_size)
-    _, activations = explainer.loaded.graph(tf.constant(pixels, tf.float32))
+    _, activations, _ = explainer.loaded.graph(tf.constant(pixels, tf.float32))
     expected = np.maximum(np.asarray(activations[0], np.float32).mean(axis=-1), 0.0)
     np.testing.assert_allclose(explainer.cam(pixels, 0).grid, expected, rtol=1e-5, atol=1e-6)
     assert explainer.cam(pixels, 0).grid.tobytes() == explainer.cam(pixels, 3).grid.tobytes()

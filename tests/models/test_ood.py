@@ -203,3 +203,34 @@ def test_features_of_a_wrong_model_or_shape_are_refused(tiny_model) -> None:
         ood.pooled_features(plain, np.zeros((1, 4)))
     with pytest.raises(ood.OODError, match="not a kidney_lab classifier"):
         ood.head_logits(plain, np.zeros((1, 4)))
+
+
+def test_a_layered_detector_flags_what_any_segment_finds_far_and_keeps_its_validation_share() -> None:
+    features, labels = gaussian_features(120, seed=11)
+    validation, _ = gaussian_features(300, seed=12)
+    early = np.random.default_rng(13).normal(size=(120, 8))
+    early_validation = np.random.default_rng(14).normal(size=(300, 8))
+    names = [classes.CLASS_NAMES[index] for index in labels]
+    layered = ood.fit_layered(np.hstack([early, features]), names, np.hstack([early_validation, validation]),
+                              segments=("early", ood.HEAD_SEGMENT), sizes=(8, FEATURES))
+    assert layered.feature_layers == ("early",) and layered.sizes == (8, FEATURES)
+    combined = np.hstack([early_validation, validation])
+    assert (layered.score(combined) > layered.threshold).mean() == pytest.approx(0.05, abs=0.01)
+    # Far only in the early segment: the head's features alone would not flag it.
+    test, _ = gaussian_features(50, seed=15)
+    far_early = np.hstack([np.random.default_rng(16).normal(loc=8.0, size=(50, 8)), test])
+    assert (layered.score(far_early) > layered.threshold).all()
+    assert (layered.parts[-1].score(test) <= layered.parts[-1].threshold).mean() > 0.8
+
+    loaded = ood.loads(layered.to_json())
+    assert isinstance(loaded, ood.LayeredDetector) and loaded.segments == layered.segments
+    np.testing.assert_allclose(loaded.score(far_early), layered.score(far_early), rtol=1e-5)
+    assert isinstance(ood.loads(layered.parts[-1].to_json()), ood.Detector)
+    with pytest.raises(ood.OODError, match="segments early, head of sizes"):
+        ood.fit_layered(np.hstack([early, features]), names, segments=("early", ood.HEAD_SEGMENT), sizes=(9, FEATURES))
+    with pytest.raises(ood.OODError, match="length 208"):
+        layered.score(features)
+    damaged = json.loads(layered.to_json())
+    damaged["segments"] = ["early"]
+    with pytest.raises(ood.OODError, match="segments do not fit"):
+        ood.loads(json.dumps(damaged))

@@ -22,6 +22,7 @@ from kidney_lab import errors
 from kidney_lab.data import classes
 from kidney_lab.models import layers as model_layers
 from kidney_lab.models import builders
+from kidney_lab.models import ood
 from kidney_lab.models import registry
 
 WEIGHTS_URL = "https://storage.googleapis.com/x/y_notop.h5"
@@ -105,6 +106,12 @@ def test_graph_is_flat_and_cam_layer_is_a_spatial_map(name: str, built: builders
     assert all(len(model.get_layer(layer).output.shape) == 4 for layer in built.spec.fine_cam_layers)
     assert sides == sorted(set(sides)), f"{name}: fine_cam_layers must go from coarse to fine, got sides {sides}"
     assert (len(sides) == 1) == (built.spec.family == "transformer")
+
+    # The OOD detector's earlier layers exist and pool into one feature vector with the head's.
+    assert built.spec.ood_layers, f"{name}: the OOD detector needs earlier layers (see ModelSpec.ood_layers)"
+    sizes = ood.segment_sizes(model, built.spec.ood_layers)
+    features = ood.pooled_features(model, random_images(built.image_size), layers=built.spec.ood_layers)
+    assert features.shape == (2, sum(sizes)) and np.isfinite(features).all()
 
 
 @pytest.mark.parametrize("name", registry.MODEL_NAMES)
