@@ -383,19 +383,13 @@ def content_warnings(scan_key: tuple[str, str | None], _scan: scan_module.Scan) 
 def scan_is_phantom(item: ScanInput) -> bool | None:
     """Whether the library knows the scan for a kidney_lab phantom (only a sample's file says;
     None for an upload)."""
-    known = getattr(compare, "is_phantom_scan", None)
-    return None if item.path is None or known is None else known(item.path)
+    return None if item.path is None else compare.is_phantom_scan(item.path)
 
 
 def caveats_of(result: Explanation, is_phantom: bool | None) -> list[str]:
     """What must be read before a model's class: :func:`kidney_lab.explain.compare.trust`, the
     one place that decides it."""
-    trust = getattr(compare, "trust", None)
-    if trust is not None:
-        return list(trust(result, is_phantom))
-    found = getattr(result, "ood", None)
-    flagged = bool(found and found.get("flagged"))
-    return [f"out of distribution (score {found['score']:.2f} > threshold {found['threshold']:.2f})"] if flagged else []
+    return list(compare.trust(result, is_phantom))
 
 
 def draw_caveats(result: Explanation, is_phantom: bool | None) -> None:

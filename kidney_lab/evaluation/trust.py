@@ -33,17 +33,13 @@ import pandas as pd
 
 from kidney_lab import runs
 from kidney_lab.data import classes
+from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import calibration
 from kidney_lab.evaluation import store
 from kidney_lab.models import ood
 
 OOD_SCORE_COLUMN = "ood_score"
 OOD_FLAGGED_COLUMN = "ood_flagged"
-# A model that predicts one class for at least this share of its test images answers by habit.
-ONE_CLASS_SHARE = 0.9
-# A macro F1 at or under this on its test images is chance level for four classes (0.25 by
-# guessing; a model that predicts one class of four scores at most 0.4 and usually under 0.3).
-CHANCE_MACRO_F1 = 0.3
 
 
 def read_detector(run_dir: str | os.PathLike[str]) -> ood.AnyDetector | None:
@@ -177,25 +173,11 @@ def test_figures(stored: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def metrics_caveats(stored: dict[str, Any] | None) -> list[str]:
-    """Short caveats about a model from its stored test metrics (``metrics.json``): it predicts
-    one class for at least :data:`ONE_CLASS_SHARE` of its test images, or it scores at chance
-    (macro F1 at or under :data:`CHANCE_MACRO_F1`). Empty when neither, or without metrics."""
-    if not stored:
-        return []
-    caveats = []
-    matrix = stored.get("confusion_matrix")
-    names = stored.get("classes") or list(classes.CLASS_NAMES)
-    if isinstance(matrix, list) and matrix:
-        predicted = np.asarray(matrix, dtype=float).sum(axis=0)
-        total = predicted.sum()
-        if total > 0 and predicted.max() / total >= ONE_CLASS_SHARE:
-            caveats.append(
-                f"predicts {names[int(predicted.argmax())]} for {predicted.max() / total:.0%} of its test images"
-            )
-    macro_f1 = stored.get("macro_f1")
-    if isinstance(macro_f1, (int, float)) and macro_f1 <= CHANCE_MACRO_F1:
-        caveats.append(f"scores at chance on its test images (macro F1 {macro_f1:.2f})")
-    return caveats
+    """Short caveats about a model from its stored test metrics (``metrics.json``): the one
+    judgement of :func:`kidney_lab.evaluation.metrics.degenerate` (it predicts one class for
+    nearly every test image, or scores at chance). Empty when neither, or without metrics."""
+    reason = metrics_module.degenerate(stored) if stored else None
+    return [reason] if reason else []
 
 
 def _refit_hint(run_dir: str | os.PathLike[str]) -> str:
