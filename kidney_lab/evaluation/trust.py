@@ -28,11 +28,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from kidney_lab import runs
-from kidney_lab.data import classes
 from kidney_lab.evaluation import metrics as metrics_module
 from kidney_lab.evaluation import calibration
 from kidney_lab.evaluation import store
