@@ -481,7 +481,7 @@ def draw_actions(base: Path, table: pd.DataFrame) -> None:
     # A cross-validation row is K runs, an ensemble row several: open their runs from their own rows.
     table = table[(table["split"] != cv.CV_KIND) & (table["model"] != study_ensemble.ENSEMBLE_MODEL)]
     if table.empty:
-        st.caption("Cross-validation and ensemble rows have no run actions; each of their runs has its own row.")
+        st.caption("Cross-validation and ensemble rows have no run actions; open a fold's or a member's run on the Evaluation page (fold runs are listed there, and by `leaderboard --folds`).")
         return
     labels = row_label(table, group_labels(table))
     keys = list(labels)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
