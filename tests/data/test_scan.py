@@ -219,7 +219,7 @@ BAD_INPUTS = {
     "thin": (encode(np.zeros((8, 400), np.uint8), "PNG"), None, "400x8 pixels"),
     "bomb-49M": (big_png_header(7000, 7000), "b.png", "49,000,000 pixels.*decompression bomb"),
     "bomb-100M": (big_png_header(10000, 10000), "b.png", "over the limit of 40,000,000"),
-    "bomb-900M": (big_png_header(30000, 30000), "b.png", "900000000 pixels.*decompression bomb"),
+    "bomb-900M": (big_png_header(30000, 30000), "b.png", "900,000,000 pixels.*decompression bomb"),
 }
 
 

@@ -315,7 +315,8 @@ def test_a_sixth_method_is_offered_on_the_compare_page(sixth_method, vit_run, tm
     assert not app.exception, [element.value for element in app.exception]
     assert app.selectbox(key="compare-target").disabled, "a map that is the same for every class has no class to choose"
     assert [caption.value for caption in app.caption if " · " in str(caption.value) and "%" in str(caption.value)]
-    assert not app.error
+    # A tiny run's detector may flag the phantom: that alert is the page telling the truth, not a failure.
+    assert not [element.value for element in app.error if "Out of distribution" not in str(element.value)]
     assert (vit_run.name, "meanactivation") in cam.cached_explainers(), "the page explained with the new method"
 
 

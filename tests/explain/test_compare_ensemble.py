@@ -78,6 +78,9 @@ def test_a_member_that_explained_another_class_is_explained_again_or_noted():
 
 
 def test_explain_json_gains_the_ensemble_of_two_runs(vit_run, run_copy, tmp_path, capsys):
+    # Training writes each run's calibration.json; the first member here has none (T = 1).
+    vit_run = run_copy("20261126-101512-vit-0f0f0f")
+    runs.calibration_path(vit_run).unlink(missing_ok=True)
     second = run_copy("20261126-101512-vit-0e0e0e")
     fileio.atomic_write_text(runs.calibration_path(second), calibration.to_json({"temperature": 3.0}))
     image, out, report = upload(tmp_path), tmp_path / "out", tmp_path / "explain.json"
