@@ -871,9 +871,9 @@ def draw_pair_summary(name_a: str, name_b: str, scores_a: dict[str, Any], scores
             cell.caption(f"95% CI {low:.3f}–{high:.3f} {stats.resampling_words(scores['intervals'])}")
 
 
-def draw_mcnemar(name_a: str, name_b: str, result: dict[str, Any]) -> None:
-    """McNemar's counts, p-value and what they mean in plain words."""
-    st.subheader("Is the difference more than chance? McNemar's test")
+def draw_paired_counts(result: dict[str, Any]) -> tuple[Any, Any]:
+    """The 2x2 table of which model is right on each image, in the left of two columns; returns
+    (left, right) columns for the test's figures and its reading."""
     # Rows are A's outcome, columns B's: A right and B wrong is "only A right".
     counts = pd.DataFrame(
         [[result["both_right"], result["only_a_right"]], [result["only_b_right"], result["both_wrong"]]],
@@ -882,6 +882,13 @@ def draw_mcnemar(name_a: str, name_b: str, result: dict[str, Any]) -> None:
     table, words = st.columns([2, 3])
     table.dataframe(counts, column_config={column: st.column_config.NumberColumn(format="localized")
                                            for column in counts.columns})
+    return table, words
+
+
+def draw_mcnemar(name_a: str, name_b: str, result: dict[str, Any]) -> None:
+    """McNemar's counts, p-value and what they mean in plain words."""
+    st.subheader("Is the difference more than chance? McNemar's test")
+    table, words = draw_paired_counts(result)
     table.metric("p-value (exact, two-sided)", f"{result['p_value']:.3g}")
     words.markdown(mcnemar_reading(name_a, name_b, result))
     st.caption(f"McNemar's test counts images as independent: {result['reason']}.")
@@ -891,13 +898,7 @@ def draw_cluster_test(name_a: str, name_b: str, result: dict[str, Any]) -> None:
     """The paired cluster test: image counts, the difference with its interval over series, the
     permutation p-value, and what they mean in plain words."""
     st.subheader("Is the difference more than chance? Paired test over series")
-    counts = pd.DataFrame(
-        [[result["both_right"], result["only_a_right"]], [result["only_b_right"], result["both_wrong"]]],
-        index=["A right", "A wrong"], columns=["B right", "B wrong"],
-    )
-    table, words = st.columns([2, 3])
-    table.dataframe(counts, column_config={column: st.column_config.NumberColumn(format="localized")
-                                           for column in counts.columns})
+    table, words = draw_paired_counts(result)
     table.metric(f"p-value (permutation over {result['clusters']} series)", f"{result['p_value']:.3g}",
                  help="Two-sided sign-flip permutation test of the macro F1 difference: each series' predictions by A "
                       "and B swapped as a whole.")
